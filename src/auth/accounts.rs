@@ -1,0 +1,181 @@
+//! The account service: create, change, delete and list accounts, and look up what SASL needs.
+//! Shared by the command line (offline), the admin socket (online), and in-band registration.
+
+use std::sync::Arc;
+
+use jid::BareJid;
+use tokio::sync::Semaphore;
+
+use super::credentials::{self, PasswordError};
+use super::scram::ScramHash;
+use crate::config::AuthConfig;
+use crate::store::{ScramVerifier, StoreError, Stores};
+
+/// Why an account operation failed, worded for the person who asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("the account {0} exists already")]
+    Exists(BareJid),
+    #[error("there is no account {0}")]
+    NotFound(BareJid),
+    #[error("'{0}' is not a valid user name or JID")]
+    InvalidJid(String),
+    #[error("{jid} is not on this server's domain ({domain})")]
+    WrongDomain { jid: String, domain: String },
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct Accounts {
+    stores: Stores,
+    domain: String,
+    config: AuthConfig,
+    /// Bounds concurrent password hashing (Argon2id/PBKDF2) to the cores we have.
+    hashing: Arc<Semaphore>,
+    /// Per-process secret for made-up SCRAM salts of unknown users.
+    secret: [u8; 32],
+}
+
+impl Accounts {
+    pub fn new(stores: Stores, domain: String, config: AuthConfig) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Accounts {
+            stores,
+            domain,
+            config,
+            hashing: Arc::new(Semaphore::new(cores)),
+            secret: rand::random(),
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+
+    /// Reads "alice" or "alice@domain" as a local bare JID, normalized.
+    pub fn parse_user(&self, input: &str) -> Result<BareJid, AccountError> {
+        let input = input.trim();
+        let text = if input.contains('@') {
+            input.to_string()
+        } else {
+            format!("{input}@{}", self.domain)
+        };
+        let jid = BareJid::new(&text).map_err(|_| AccountError::InvalidJid(input.to_string()))?;
+        if jid.node().is_none() || input.contains('/') {
+            return Err(AccountError::InvalidJid(input.to_string()));
+        }
+        if jid.domain().as_str() != self.domain {
+            return Err(AccountError::WrongDomain {
+                jid: jid.to_string(),
+                domain: self.domain.clone(),
+            });
+        }
+        Ok(jid)
+    }
+
+    /// The local bare JID for a SASL username (a localpart), if it is a valid one.
+    pub fn jid_for_username(&self, username: &str) -> Option<BareJid> {
+        if username.contains(['@', '/']) {
+            return None;
+        }
+        BareJid::new(&format!("{username}@{}", self.domain)).ok()
+    }
+
+    async fn derive(
+        &self,
+        password: &str,
+    ) -> Result<crate::store::StoredCredentials, AccountError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Backend("shutting down".into()))?;
+        let password = password.to_string();
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || credentials::derive(&password, &config))
+            .await
+            .map_err(|e| StoreError::Backend(format!("hashing task failed: {e}")))?
+            .map_err(AccountError::from)
+    }
+
+    /// Creates an account; durable when this returns.
+    pub async fn create(&self, jid: &BareJid, password: &str) -> Result<(), AccountError> {
+        if self.stores.accounts.get(jid)?.is_some() {
+            return Err(AccountError::Exists(jid.clone()));
+        }
+        let credentials = self.derive(password).await?;
+        if !self.stores.accounts.create(jid, &credentials)? {
+            return Err(AccountError::Exists(jid.clone()));
+        }
+        self.stores.flush().await?;
+        Ok(())
+    }
+
+    /// Sets a new password; durable when this returns.
+    pub async fn set_password(&self, jid: &BareJid, password: &str) -> Result<(), AccountError> {
+        if self.stores.accounts.get(jid)?.is_none() {
+            return Err(AccountError::NotFound(jid.clone()));
+        }
+        let credentials = self.derive(password).await?;
+        if !self.stores.accounts.set_credentials(jid, &credentials)? {
+            return Err(AccountError::NotFound(jid.clone()));
+        }
+        self.stores.flush().await?;
+        Ok(())
+    }
+
+    /// Deletes an account; durable when this returns.
+    pub async fn delete(&self, jid: &BareJid) -> Result<(), AccountError> {
+        if !self.stores.accounts.delete(jid)? {
+            return Err(AccountError::NotFound(jid.clone()));
+        }
+        self.stores.flush().await?;
+        Ok(())
+    }
+
+    pub fn list(&self) -> Result<Vec<BareJid>, AccountError> {
+        Ok(self.stores.accounts.list(&self.domain)?)
+    }
+
+    pub fn exists(&self, jid: &BareJid) -> Result<bool, StoreError> {
+        Ok(self.stores.accounts.get(jid)?.is_some())
+    }
+
+    /// The SCRAM verifier of an account for one hash, if the account exists.
+    pub fn scram_verifier(
+        &self,
+        jid: &BareJid,
+        hash: ScramHash,
+    ) -> Result<Option<ScramVerifier>, StoreError> {
+        Ok(self
+            .stores
+            .accounts
+            .get(jid)?
+            .and_then(|c| c.scram.into_iter().find(|v| v.hash == hash.name())))
+    }
+
+    /// Checks a PLAIN password (Argon2id, off the executor, bounded).
+    pub async fn verify_plain(&self, jid: &BareJid, password: &str) -> Result<bool, StoreError> {
+        let Some(stored) = self.stores.accounts.get(jid)? else {
+            return Ok(false);
+        };
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Backend("shutting down".into()))?;
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || credentials::verify_plain(&password, &stored))
+            .await
+            .map_err(|e| StoreError::Backend(format!("hashing task failed: {e}")))
+    }
+}

@@ -1,0 +1,360 @@
+//! The server's configuration: one typed value, read from TOML once at start and validated.
+//!
+//! Every key has a default, so an empty file is a working configuration for `localhost`. Unknown keys
+//! and bad values stop the start with a message that names the key (`[c2s] listen: ...`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub c2s: C2sConfig,
+    pub tls: TlsConfig,
+    pub registration: RegistrationConfig,
+    pub auth: AuthConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The XMPP domain served: the part after `@` in every local JID.
+    pub domain: String,
+    /// Where sled keeps the data; created when missing.
+    pub data_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Connections held at once, all listeners together; more are refused with `<resource-constraint/>`.
+    pub max_connections: usize,
+    /// Seconds to wait for connections to close at shutdown before giving up on them.
+    pub shutdown_timeout: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            domain: "localhost".into(),
+            data_dir: "data".into(),
+            log_level: "info".into(),
+            max_connections: 100_000,
+            shutdown_timeout: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2sConfig {
+    /// Client listener with STARTTLS (RFC 6120). Empty string: no such listener.
+    pub listen: String,
+    /// Client listener with TLS from the first byte (XEP-0368). Empty string: no such listener.
+    pub direct_tls_listen: String,
+    /// When true, nothing but STARTTLS is offered on an unencrypted stream.
+    pub require_encryption: bool,
+    /// Largest top-level element (stanza or nonza) a client may send, in bytes.
+    pub max_stanza_size: usize,
+    /// Seconds a new connection has to finish TLS, SASL and resource binding.
+    pub auth_timeout: u64,
+    /// Failed SASL attempts allowed on one stream before it is closed (RFC 6120 §6.4.5).
+    pub max_auth_attempts: u32,
+    /// Stanzas queued for one session before senders wait (back-pressure).
+    pub session_queue: usize,
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            listen: "0.0.0.0:5222".into(),
+            direct_tls_listen: "0.0.0.0:5223".into(),
+            require_encryption: true,
+            max_stanza_size: 256 * 1024,
+            auth_timeout: 60,
+            max_auth_attempts: 3,
+            session_queue: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain for the domain.
+    pub cert: PathBuf,
+    /// PEM private key for `cert`.
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: "certs/localhost.crt".into(),
+            key: "certs/localhost.key".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// XEP-0077 in-band registration of new accounts by anyone who can connect.
+    pub allow: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// PBKDF2 iterations for the SCRAM keys of new or changed passwords (RFC 5802 minimum 4096).
+    pub scram_iterations: u32,
+    /// Argon2id memory cost in KiB for the PLAIN verifier.
+    pub argon2_memory_kib: u32,
+    /// Argon2id time cost (passes).
+    pub argon2_iterations: u32,
+    /// Base delay in milliseconds before answering a failed login; it doubles with each further
+    /// failure from the same address (up to 5 s) and resets after a success or 10 quiet minutes.
+    pub failure_delay_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            scram_iterations: 10_000,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            failure_delay_ms: 250,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket for `rookery user ...` while the server runs. Empty: `<data_dir>/admin.sock`.
+    pub socket: PathBuf,
+}
+
+/// A configuration problem, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration file {path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(&e, text),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let domain = self.server.domain.trim_end_matches('.');
+        if domain.is_empty() || domain.contains(['@', '/']) {
+            return Err((
+                "[server] domain",
+                format!("'{}' is not a domain name", self.server.domain),
+            ));
+        }
+        if jid::BareJid::new(domain).is_err() {
+            return Err((
+                "[server] domain",
+                format!("'{}' is not a valid XMPP domain", self.server.domain),
+            ));
+        }
+        if self.server.data_dir.as_os_str().is_empty() {
+            return Err(("[server] data_dir", "must not be empty".into()));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.server.log_level).is_err() {
+            return Err((
+                "[server] log_level",
+                format!(
+                    "'{}' is not a log filter (try \"info\" or \"debug\")",
+                    self.server.log_level
+                ),
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(("[server] max_connections", "must be at least 1".into()));
+        }
+        parse_listen(&self.c2s.listen).map_err(|m| ("[c2s] listen", m))?;
+        parse_listen(&self.c2s.direct_tls_listen).map_err(|m| ("[c2s] direct_tls_listen", m))?;
+        if self.c2s.listen.is_empty() && self.c2s.direct_tls_listen.is_empty() {
+            return Err((
+                "[c2s] listen",
+                "both listen and direct_tls_listen are empty: clients could not connect".into(),
+            ));
+        }
+        if self.c2s.max_stanza_size < 4096 {
+            return Err((
+                "[c2s] max_stanza_size",
+                "must be at least 4096 bytes".into(),
+            ));
+        }
+        if self.c2s.auth_timeout == 0 {
+            return Err(("[c2s] auth_timeout", "must be at least 1 second".into()));
+        }
+        if !(1..=5).contains(&self.c2s.max_auth_attempts) {
+            return Err((
+                "[c2s] max_auth_attempts",
+                "must be from 1 to 5 (RFC 6120 §6.4.5)".into(),
+            ));
+        }
+        if self.c2s.session_queue == 0 {
+            return Err(("[c2s] session_queue", "must be at least 1".into()));
+        }
+        if self.tls.cert.as_os_str().is_empty() || self.tls.key.as_os_str().is_empty() {
+            return Err(("[tls] cert", "cert and key must both name files".into()));
+        }
+        if self.auth.scram_iterations < 4096 {
+            return Err((
+                "[auth] scram_iterations",
+                "must be at least 4096 (RFC 5802)".into(),
+            ));
+        }
+        if self.auth.argon2_memory_kib < 8 || self.auth.argon2_iterations == 0 {
+            return Err((
+                "[auth] argon2_memory_kib",
+                "argon2 needs at least 8 KiB and 1 iteration".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The served domain in its normalized form.
+    pub fn domain(&self) -> String {
+        let domain = self.server.domain.trim_end_matches('.');
+        jid::BareJid::new(domain)
+            .map(|j| j.to_string())
+            .unwrap_or_else(|_| domain.to_string())
+    }
+
+    /// The STARTTLS listener address, if any.
+    pub fn c2s_listen(&self) -> Option<SocketAddr> {
+        parse_listen(&self.c2s.listen).ok().flatten()
+    }
+
+    /// The direct TLS listener address, if any.
+    pub fn direct_tls_listen(&self) -> Option<SocketAddr> {
+        parse_listen(&self.c2s.direct_tls_listen).ok().flatten()
+    }
+
+    /// Path of the admin socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        if self.admin.socket.as_os_str().is_empty() {
+            self.server.data_dir.join("admin.sock")
+        } else {
+            self.admin.socket.clone()
+        }
+    }
+}
+
+fn parse_listen(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| format!("'{value}' is not an address with a port, such as \"0.0.0.0:5222\""))
+}
+
+/// Turns a TOML/serde error into one line that names the table and key.
+fn describe_toml_error(err: &toml::de::Error, text: &str) -> String {
+    let message = err.message().trim().to_string();
+    match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let table = text[..span.start.min(text.len())]
+                .lines()
+                .rev()
+                .find_map(|l| {
+                    let l = l.trim();
+                    (l.starts_with('[') && l.ends_with(']')).then(|| l.to_string())
+                })
+                .unwrap_or_else(|| "top level".to_string());
+            // The span covers the key for unknown keys and the value for bad values: either way the
+            // key is what stands before '=' on the span's line.
+            let start = span.start.min(text.len());
+            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+            let line_text = text[line_start..].lines().next().unwrap_or("");
+            let key = match line_text.split_once('=') {
+                Some((key, _)) => key.trim().to_string(),
+                None => line_text.trim().to_string(),
+            };
+            if key.is_empty() {
+                format!("line {line}, {table}: {message}")
+            } else {
+                format!("line {line}, {table} {key}: {message}")
+            }
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_localhost_config() {
+        let c = Config::parse("", Path::new("t.toml")).unwrap();
+        assert_eq!(c.domain(), "localhost");
+        assert_eq!(c.c2s_listen(), Some("0.0.0.0:5222".parse().unwrap()));
+        assert!(c.c2s.require_encryption);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse(
+            "[c2s]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("bogus"), "{text}");
+        assert!(text.contains("[c2s]"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::parse("[c2s]\nlisten = \"nowhere\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("[c2s] listen"), "{e}");
+        let e = Config::parse("[c2s]\nrequire_encryption = \"yes\"\n", Path::new("t.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("require_encryption"), "{e}");
+    }
+}

@@ -1,0 +1,221 @@
+//! Server features, one file each. Every module declares what it adds (disco features, the
+//! specifications it implements); disco answers and `xeps/doap.xml` are derived from these
+//! declarations, so what is advertised is what runs.
+
+pub mod disco;
+pub mod ping;
+pub mod register;
+pub mod time;
+pub mod version;
+
+use minidom::Element;
+
+use crate::error::{set_attr, StanzaError, StanzaErrorCondition};
+use crate::session::SessionCtx;
+use crate::xml::ns;
+
+/// What a module adds to the server.
+pub struct Module {
+    pub name: &'static str,
+    /// `<feature var=.../>` entries for the server's disco#info.
+    pub disco_features: &'static [&'static str],
+    /// Specifications implemented, for `xeps/` and DOAP.
+    pub specs: &'static [Spec],
+}
+
+/// How completely a specification is implemented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    Complete,
+    Partial,
+}
+
+impl Support {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Support::Complete => "complete",
+            Support::Partial => "partial",
+        }
+    }
+}
+
+/// Which document a `Spec` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Document {
+    Rfc(u32),
+    Xep(u32),
+}
+
+/// One implemented specification.
+pub struct Spec {
+    pub document: Document,
+    /// The XEP version implemented (empty for RFCs).
+    pub version: &'static str,
+    pub support: Support,
+    pub note: &'static str,
+}
+
+impl Spec {
+    pub const fn rfc(number: u32, support: Support, note: &'static str) -> Spec {
+        Spec {
+            document: Document::Rfc(number),
+            version: "",
+            support,
+            note,
+        }
+    }
+
+    pub const fn xep(
+        number: u32,
+        version: &'static str,
+        support: Support,
+        note: &'static str,
+    ) -> Spec {
+        Spec {
+            document: Document::Xep(number),
+            version,
+            support,
+            note,
+        }
+    }
+}
+
+/// SASL mechanisms live in `auth`; they add no disco feature but implement these documents.
+pub const AUTH: Module = Module {
+    name: "auth",
+    disco_features: &[],
+    specs: &[
+        Spec::rfc(
+            4616,
+            Support::Complete,
+            "PLAIN, only over TLS unless [c2s] require_encryption = false",
+        ),
+        Spec::rfc(
+            5802,
+            Support::Complete,
+            "SCRAM-SHA-1 and SCRAM-SHA-1-PLUS; salted keys stored, never passwords",
+        ),
+        Spec::rfc(
+            7677,
+            Support::Complete,
+            "SCRAM-SHA-256 and SCRAM-SHA-256-PLUS",
+        ),
+    ],
+};
+
+/// Basic delivery between local sessions, and legacy session establishment.
+pub const ROUTING: Module = Module {
+    name: "routing",
+    disco_features: &[],
+    specs: &[
+        Spec::rfc(6121, Support::Partial, "delivery between local sessions and the legacy session iq; roster, presence and offline storage not yet"),
+        Spec::rfc(7622, Support::Partial, "JIDs normalized with RFC 6122 stringprep rules (jid crate), not PRECIS"),
+    ],
+};
+
+/// Every module, in the order their features are listed.
+pub const MODULES: &[&Module] = &[
+    &crate::stream::MODULE,
+    &AUTH,
+    &ROUTING,
+    &disco::MODULE,
+    &ping::MODULE,
+    &version::MODULE,
+    &time::MODULE,
+    &register::MODULE,
+];
+
+/// The server's disco#info features, from the module declarations, sorted and without repeats.
+pub fn disco_features() -> Vec<&'static str> {
+    let mut features: Vec<&'static str> = MODULES
+        .iter()
+        .flat_map(|m| m.disco_features.iter().copied())
+        .collect();
+    features.sort_unstable();
+    features.dedup();
+    features
+}
+
+/// An iq result answering `iq`, addressed back to its sender.
+pub fn result_for(iq: &Element, payload: Option<Element>) -> Element {
+    let mut reply = Element::bare("iq", ns::CLIENT);
+    set_attr(&mut reply, "type", "result");
+    if let Some(id) = iq.attr("id") {
+        set_attr(&mut reply, "id", id);
+    }
+    if let Some(from) = iq.attr("from") {
+        set_attr(&mut reply, "to", from);
+    }
+    if let Some(to) = iq.attr("to") {
+        set_attr(&mut reply, "from", to);
+    }
+    if let Some(payload) = payload {
+        reply.append_child(payload);
+    }
+    reply
+}
+
+/// What an iq handler returns: the result payload (if any) or a stanza error.
+pub type IqResult = Result<Option<Element>, StanzaError>;
+
+/// Which entity an iq is addressed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The server (its domain, or no `to`).
+    Server,
+    /// The sender's own account (its bare JID).
+    Account,
+}
+
+/// An iq addressed to the server.
+pub async fn server_iq(ctx: &SessionCtx, iq: Element) {
+    dispatch(ctx, iq, Target::Server).await
+}
+
+/// An iq addressed to the sender's own bare JID.
+pub async fn account_iq(ctx: &SessionCtx, iq: Element) {
+    dispatch(ctx, iq, Target::Account).await
+}
+
+async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
+    let kind = iq.attr("type").unwrap_or("");
+    if kind == "result" || kind == "error" {
+        // RFC 6120 §8.2.3: results and errors are never answered.
+        return;
+    }
+    let Some(payload) = iq.children().next() else {
+        return ctx.reply_error(&iq, StanzaErrorCondition::BadRequest).await;
+    };
+    let set = kind == "set";
+    let namespace = payload.ns();
+    let outcome: IqResult = match (namespace.as_str(), target) {
+        (ns::DISCO_INFO, _) => disco::info(set, payload, target),
+        (ns::DISCO_ITEMS, _) => disco::items(set, payload, target),
+        (ns::PING, _) => ping::handle(set),
+        (ns::VERSION, Target::Server) => version::handle(set),
+        (ns::TIME, Target::Server) => time::handle(set),
+        (ns::REGISTER, _) => register::handle(ctx, set, payload).await,
+        (ns::SESSION, Target::Server) if set => Ok(None),
+        _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+    };
+    match outcome {
+        Ok(payload) => ctx.reply(&result_for(&iq, payload)).await,
+        Err(error) => ctx.reply_error(&iq, error).await,
+    }
+    if namespace == ns::REGISTER
+        && set
+        && iq
+            .get_child("query", ns::REGISTER)
+            .is_some_and(|q| q.has_child("remove", ns::REGISTER))
+    {
+        register::after_removal(ctx).await;
+    }
+}
+
+/// The error for a `set` sent to a get-only namespace (or the other way round).
+pub fn wrong_type() -> StanzaError {
+    StanzaError::with_text(
+        StanzaErrorCondition::BadRequest,
+        "wrong iq type for this query",
+    )
+}

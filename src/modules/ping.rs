@@ -1,0 +1,22 @@
+//! XEP-0199 XMPP Ping: the server answers pings to itself (and to the sender's own account).
+
+use super::{IqResult, Module, Spec, Support};
+use crate::xml::ns;
+
+pub const MODULE: Module = Module {
+    name: "ping",
+    disco_features: &[ns::PING],
+    specs: &[Spec::xep(
+        199,
+        "2.0.1",
+        Support::Complete,
+        "client-to-server pings answered",
+    )],
+};
+
+pub fn handle(set: bool) -> IqResult {
+    if set {
+        return Err(super::wrong_type());
+    }
+    Ok(None)
+}

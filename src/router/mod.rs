@@ -1,0 +1,164 @@
+//! The session registry (which connection holds which full JID) and the delivery of stanzas between
+//! local sessions. This is the seam where a cluster mode will plug in: everything above calls
+//! `Router`, never a session directly.
+
+pub mod deliver;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use jid::{BareJid, FullJid};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::StreamError;
+
+/// What a session's writer is told to send.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A serialized stanza.
+    Stanza(Bytes),
+    /// Close the stream cleanly after everything queued before.
+    End,
+}
+
+/// How a session is told to stop, out of band of its queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closing {
+    /// Send this stream error, then close.
+    Error(StreamError),
+    /// Close with `</stream:stream>`.
+    Quietly,
+}
+
+/// A handle on a bound session: its queue and its off switch.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub jid: FullJid,
+    queue: mpsc::Sender<Outbound>,
+    control: Arc<watch::Sender<Option<Closing>>>,
+}
+
+/// How long a sender waits on a full recipient queue before giving up on that recipient.
+const DELIVERY_WAIT: Duration = Duration::from_secs(10);
+
+impl SessionHandle {
+    pub fn new(
+        id: u64,
+        jid: FullJid,
+        queue: mpsc::Sender<Outbound>,
+        control: watch::Sender<Option<Closing>>,
+    ) -> Self {
+        SessionHandle {
+            id,
+            jid,
+            queue,
+            control: Arc::new(control),
+        }
+    }
+
+    /// Asks the session to close; the first request wins.
+    pub fn close(&self, closing: Closing) {
+        self.control.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(closing);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Queues bytes for the session. Waits while its queue is full (back-pressure); a recipient that
+    /// stays full that long is not reading, so it is closed rather than allowed to stall the sender.
+    pub async fn send(&self, out: Outbound) -> bool {
+        match tokio::time::timeout(DELIVERY_WAIT, self.queue.send(out)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::warn!(jid = %self.jid, "session queue stayed full; closing the session");
+                self.close(Closing::Error(StreamError::with_text(
+                    crate::error::StreamErrorCondition::PolicyViolation,
+                    "too many unread stanzas",
+                )));
+                false
+            }
+        }
+    }
+}
+
+/// Bound sessions by bare JID, then resource.
+#[derive(Default)]
+pub struct Router {
+    sessions: RwLock<HashMap<BareJid, Vec<SessionHandle>>>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a session; returns the session it replaces (same full JID), which the caller closes
+    /// with `<conflict/>` (RFC 6120 §7.7.2.2).
+    pub fn register(&self, handle: SessionHandle) -> Option<SessionHandle> {
+        let Ok(mut map) = self.sessions.write() else {
+            return None;
+        };
+        let list = map.entry(handle.jid.to_bare()).or_default();
+        let replaced = list
+            .iter()
+            .position(|h| h.jid == handle.jid)
+            .map(|i| list.swap_remove(i));
+        list.push(handle);
+        replaced
+    }
+
+    /// Removes a session if it is still the one registered under its JID.
+    pub fn unregister(&self, jid: &FullJid, id: u64) {
+        let Ok(mut map) = self.sessions.write() else {
+            return;
+        };
+        let bare = jid.to_bare();
+        if let Some(list) = map.get_mut(&bare) {
+            list.retain(|h| h.id != id);
+            if list.is_empty() {
+                map.remove(&bare);
+            }
+        }
+    }
+
+    /// The session bound to a full JID.
+    pub fn get(&self, jid: &FullJid) -> Option<SessionHandle> {
+        let map = self.sessions.read().ok()?;
+        map.get(&jid.to_bare())?
+            .iter()
+            .find(|h| &h.jid == jid)
+            .cloned()
+    }
+
+    /// Every session of an account.
+    pub fn resources(&self, jid: &BareJid) -> Vec<SessionHandle> {
+        self.sessions
+            .read()
+            .ok()
+            .and_then(|map| map.get(jid).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Closes every session of an account (account deleted).
+    pub fn close_account(&self, jid: &BareJid, closing: Closing) {
+        for handle in self.resources(jid) {
+            handle.close(closing.clone());
+        }
+    }
+
+    /// Number of bound sessions.
+    pub fn count(&self) -> usize {
+        self.sessions
+            .read()
+            .map(|m| m.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+}

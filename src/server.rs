@@ -1,0 +1,226 @@
+//! Builds the services from the configuration, starts the listeners, and shuts down gracefully:
+//! on SIGTERM/SIGINT every stream gets `<system-shutdown/>`, connections drain, the store is flushed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::throttle::FailureThrottle;
+use crate::auth::Accounts;
+use crate::config::Config;
+use crate::error::{StreamError, StreamErrorCondition};
+use crate::router::Router;
+use crate::store::Stores;
+use crate::transport::tls;
+
+/// Everything a connection needs, shared by all of them.
+pub struct ServerState {
+    pub config: Config,
+    /// The served domain, normalized.
+    pub domain: String,
+    pub stores: Stores,
+    pub accounts: Accounts,
+    pub router: Router,
+    pub tls: TlsAcceptor,
+    pub throttle: FailureThrottle,
+    pub started: Instant,
+    /// Becomes true when the server is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+    session_ids: AtomicU64,
+}
+
+impl ServerState {
+    pub fn next_session_id(&self) -> u64 {
+        self.session_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let server = start(config, shutdown_rx).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    server.finish().await
+}
+
+/// A started server: listeners are bound and accepting.
+pub struct Running {
+    state: Arc<ServerState>,
+    limit: Arc<Semaphore>,
+    max: usize,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds everything and starts accepting; returns once the listeners are up.
+pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<Running> {
+    let domain = config.domain();
+    if tls::ensure_certificate(&domain, &config.tls.cert, &config.tls.key)? {
+        tracing::info!(
+            cert = %config.tls.cert.display(),
+            key = %config.tls.key.display(),
+            "generated a self-signed certificate for {domain} (clients will have to trust it)"
+        );
+    }
+    let tls_config = tls::server_config(&config.tls.cert, &config.tls.key)?;
+    let stores = Stores::open_sled(&config.server.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let accounts = Accounts::new(stores.clone(), domain.clone(), config.auth.clone());
+
+    let state = Arc::new(ServerState {
+        domain: domain.clone(),
+        stores,
+        accounts,
+        router: Router::new(),
+        tls: TlsAcceptor::from(tls_config),
+        throttle: FailureThrottle::new(Duration::from_millis(config.auth.failure_delay_ms)),
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+        session_ids: AtomicU64::new(1),
+        config,
+    });
+
+    let max = state.config.server.max_connections;
+    let limit = Arc::new(Semaphore::new(max));
+    let mut tasks = Vec::new();
+    for (addr, direct_tls, key) in [
+        (state.config.c2s_listen(), false, "[c2s] listen"),
+        (
+            state.config.direct_tls_listen(),
+            true,
+            "[c2s] direct_tls_listen",
+        ),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({key})"))?;
+        let local = listener.local_addr().unwrap_or(addr);
+        if direct_tls {
+            tracing::info!("c2s (direct TLS) listening on {local}");
+        } else {
+            tracing::info!("c2s (STARTTLS) listening on {local}");
+        }
+        tasks.push(tokio::spawn(accept_loop(
+            state.clone(),
+            listener,
+            direct_tls,
+            limit.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(crate::admin::serve(state.clone())?));
+    tracing::info!(domain = %domain, data = %state.config.server.data_dir.display(), "Rookery {} ready", env!("CARGO_PKG_VERSION"));
+    Ok(Running {
+        state,
+        limit,
+        max,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Waits for connections to drain (bounded by `[server] shutdown_timeout`), then flushes the store.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let wait = Duration::from_secs(self.state.config.server.shutdown_timeout);
+        let max = u32::try_from(self.max).unwrap_or(u32::MAX);
+        if tokio::time::timeout(wait, self.limit.acquire_many(max))
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within {wait:?}; stopping anyway");
+        }
+        let _ = std::fs::remove_file(self.state.config.admin_socket());
+        self.state
+            .stores
+            .flush()
+            .await
+            .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    state: Arc<ServerState>,
+    listener: TcpListener,
+    direct_tls: bool,
+    limit: Arc<Semaphore>,
+) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                match limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            crate::stream::serve(state, tcp, peer, direct_tls).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "connection limit reached; refusing a connection");
+                        tokio::spawn(refuse(tcp, direct_tls, state.domain.clone()));
+                    }
+                }
+            }
+            Err(err) => {
+                // Usually out of file descriptors: wait a little instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Tells a connection over the limit why it is closed (on a plain stream; a TLS port just closes).
+async fn refuse(mut tcp: TcpStream, direct_tls: bool, domain: String) {
+    if !direct_tls {
+        let mut bytes = crate::xml::stream_header(&domain, "refused", "en");
+        bytes.extend(
+            StreamError::with_text(
+                StreamErrorCondition::ResourceConstraint,
+                "too many connections",
+            )
+            .to_bytes(),
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&bytes)).await;
+    }
+    let _ = tcp.shutdown().await;
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

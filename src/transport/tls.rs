@@ -1,0 +1,141 @@
+//! TLS server configuration: load the domain's certificate and key, or generate a self-signed pair
+//! for development when neither file exists.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A certificate problem, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read the certificate {path} ([tls] cert): {message}")]
+    Cert { path: String, message: String },
+    #[error("cannot read the private key {path} ([tls] key): {message}")]
+    Key { path: String, message: String },
+    #[error("[tls] cert {cert} exists but [tls] key {key} does not (or the other way round); provide both, or remove both to get a generated self-signed pair")]
+    HalfPair { cert: String, key: String },
+    #[error("cannot write the generated certificate to {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("the certificate and key do not form a usable TLS configuration: {0}")]
+    Config(String),
+}
+
+/// Generates a self-signed certificate for `domain` (and `localhost`, for loopback use) into the two
+/// paths when neither file exists. Returns true when it generated them.
+pub fn ensure_certificate(domain: &str, cert: &Path, key: &Path) -> Result<bool, TlsSetupError> {
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok(false),
+        (false, false) => {}
+        _ => {
+            return Err(TlsSetupError::HalfPair {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+            })
+        }
+    }
+    let mut names = vec![domain.to_string()];
+    if domain != "localhost" {
+        names.push("localhost".to_string());
+    }
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
+    for (path, pem) in [
+        (cert, generated.cert.pem()),
+        (key, generated.signing_key.serialize_pem()),
+    ] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| TlsSetupError::Write {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        write_private(path, pem.as_bytes()).map_err(|source| TlsSetupError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(true)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, data)
+}
+
+/// Builds the rustls server configuration (ring provider, TLS 1.2 and 1.3) from PEM files.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| TlsSetupError::Cert {
+            path: cert.display().to_string(),
+            message: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsSetupError::Cert {
+            path: cert.display().to_string(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::Cert {
+            path: cert.display().to_string(),
+            message: "no PEM certificate found in the file".into(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsSetupError::Key {
+        path: key.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_then_loads_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c/x.crt");
+        let key = dir.path().join("c/x.key");
+        assert!(ensure_certificate("example.org", &cert, &key).unwrap());
+        assert!(!ensure_certificate("example.org", &cert, &key).unwrap());
+        server_config(&cert, &key).unwrap();
+    }
+
+    #[test]
+    fn half_a_pair_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("x.crt");
+        std::fs::write(&cert, "junk").unwrap();
+        let err = ensure_certificate("example.org", &cert, &dir.path().join("x.key")).unwrap_err();
+        assert!(err.to_string().contains("[tls] key"));
+        let err = server_config(&cert, &dir.path().join("x.key")).unwrap_err();
+        assert!(err.to_string().contains("[tls] cert"), "{err}");
+    }
+}

@@ -1,0 +1,429 @@
+//! Streaming XML framing for an XMPP stream: the stream header, then one element per top-level child.
+//!
+//! quick-xml tokenizes; this module builds `minidom::Element`s and enforces what quick-xml does not
+//! (measured in `shared/design/CRATES.md` §3): a byte cap per top-level element applied *below* the
+//! tokenizer, a depth limit, and RFC 6120 §11.1's restrictions (no DTD, comments, processing
+//! instructions or entities other than the predefined ones and character references).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use minidom::rxml::{Namespace, NcName};
+use minidom::Element;
+use quick_xml::events::Event;
+use quick_xml::name::{QName, ResolveResult};
+use quick_xml::NsReader;
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
+
+use super::ns;
+
+/// Read buffer per connection. Small on purpose: idle connections are the common case.
+const READ_BUFFER: usize = 4096;
+
+/// What the reader produced.
+#[derive(Debug)]
+pub enum XmlEvent {
+    /// The peer's `<stream:stream>` opening tag.
+    StreamOpen(StreamHeader),
+    /// One complete top-level element (stanza or nonza).
+    Element(Element),
+    /// The peer's `</stream:stream>`.
+    StreamClose,
+}
+
+/// The attributes of a peer's stream header that matter (RFC 6120 §4.7).
+#[derive(Debug, Clone, Default)]
+pub struct StreamHeader {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub version: Option<String>,
+    pub lang: Option<String>,
+    /// The default namespace declared on the header (`jabber:client` for c2s).
+    pub default_ns: Option<String>,
+}
+
+/// Why the stream cannot be read any further.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    #[error("not well-formed XML: {0}")]
+    NotWellFormed(String),
+    #[error("restricted XML: {0} is not allowed in XMPP (RFC 6120 §11.1)")]
+    Restricted(&'static str),
+    #[error("element larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("element nested deeper than {0} levels")]
+    TooDeep(usize),
+    #[error("invalid namespace: {0}")]
+    InvalidNamespace(String),
+    #[error("undeclared namespace prefix: {0}")]
+    BadNamespacePrefix(String),
+    #[error("{0}")]
+    BadFormat(&'static str),
+    #[error("read failed: {0}")]
+    Io(io::Error),
+    #[error("connection closed")]
+    Eof,
+}
+
+/// Limits applied to each top-level element.
+#[derive(Debug, Clone, Copy)]
+pub struct XmlLimits {
+    pub max_element_bytes: usize,
+    pub max_depth: usize,
+}
+
+impl Default for XmlLimits {
+    fn default() -> Self {
+        XmlLimits {
+            max_element_bytes: 256 * 1024,
+            max_depth: 32,
+        }
+    }
+}
+
+/// An `AsyncRead` that fails once more than a budget of bytes has been read since the last reset.
+///
+/// The budget is reset at every element boundary. It sits under the `BufReader`, so it also counts
+/// bytes read ahead; the budget therefore includes one buffer's worth of slack.
+pub struct CappedRead<R> {
+    inner: R,
+    budget: usize,
+    exceeded: bool,
+}
+
+impl<R> CappedRead<R> {
+    fn new(inner: R, budget: usize) -> Self {
+        CappedRead {
+            inner,
+            budget,
+            exceeded: false,
+        }
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CappedRead<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.budget == 0 {
+            self.exceeded = true;
+            return Poll::Ready(Err(io::Error::other("element size limit reached")));
+        }
+        let allowed = buf.remaining().min(self.budget);
+        let mut limited = buf.take(allowed);
+        let before = limited.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, &mut limited) {
+            Poll::Ready(Ok(())) => {
+                let n = limited.filled().len() - before;
+                // SAFETY-free: `take` handed out a prefix of `buf`'s unfilled part; mark it filled.
+                buf.advance(n);
+                this.budget -= n;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Reads an XMPP stream: the header first, then top-level elements, then the closing tag.
+pub struct XmlReader<R> {
+    reader: NsReader<BufReader<CappedRead<R>>>,
+    buf: Vec<u8>,
+    stack: Vec<Element>,
+    limits: XmlLimits,
+    header_seen: bool,
+}
+
+impl<R: AsyncRead + Unpin> XmlReader<R> {
+    pub fn new(inner: R, limits: XmlLimits) -> Self {
+        let capped = CappedRead::new(inner, limits.max_element_bytes + READ_BUFFER);
+        Self::over(BufReader::with_capacity(READ_BUFFER, capped), limits)
+    }
+
+    fn over(buffered: BufReader<CappedRead<R>>, limits: XmlLimits) -> Self {
+        let mut reader = NsReader::from_reader(buffered);
+        let config = reader.config_mut();
+        config.check_end_names = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        XmlReader {
+            reader,
+            buf: Vec::new(),
+            stack: Vec::new(),
+            limits,
+            header_seen: false,
+        }
+    }
+
+    /// A stream restart (after STARTTLS is not one: that needs `into_parts`; after SASL success it is):
+    /// a fresh parser over the same buffered bytes, expecting a new header (RFC 6120 §6.4.6).
+    pub fn restart(self) -> Self {
+        let limits = self.limits;
+        let mut buffered = self.reader.into_inner();
+        buffered.get_mut().budget = limits.max_element_bytes + READ_BUFFER;
+        Self::over(buffered, limits)
+    }
+
+    /// Bytes the peer sent that were read from the socket but not parsed yet.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.reader.get_ref().buffer().is_empty()
+    }
+
+    /// Gives back the underlying reader, dropping any buffered input (callers check
+    /// `has_buffered_input` first where that matters, as before a TLS handshake).
+    pub fn into_inner(self) -> R {
+        self.reader.into_inner().into_inner().into_inner()
+    }
+
+    fn reset_budget(&mut self) {
+        self.reader.get_mut().get_mut().budget = self.limits.max_element_bytes + READ_BUFFER;
+    }
+
+    fn map_error(&self, err: quick_xml::Error) -> XmlError {
+        if self.reader_exceeded() {
+            return XmlError::TooLarge(self.limits.max_element_bytes);
+        }
+        match err {
+            quick_xml::Error::Io(e) => match e.kind() {
+                io::ErrorKind::UnexpectedEof => XmlError::Eof,
+                _ => XmlError::Io(io::Error::new(e.kind(), e.to_string())),
+            },
+            quick_xml::Error::Namespace(e) => XmlError::BadNamespacePrefix(e.to_string()),
+            other => XmlError::NotWellFormed(other.to_string()),
+        }
+    }
+
+    fn reader_exceeded(&self) -> bool {
+        self.reader.get_ref().get_ref().exceeded
+    }
+
+    /// Reads until the next complete event. Not cancel-safe: do not race it against other futures
+    /// unless the stream is abandoned when the other future wins.
+    pub async fn next(&mut self) -> Result<XmlEvent, XmlError> {
+        loop {
+            self.buf.clear();
+            let event = match self.reader.read_event_into_async(&mut self.buf).await {
+                Ok(event) => event,
+                Err(err) => return Err(self.map_error(err)),
+            };
+            match event {
+                Event::Decl(_) => {
+                    if self.header_seen || !self.stack.is_empty() {
+                        return Err(XmlError::Restricted("an XML declaration inside the stream"));
+                    }
+                }
+                Event::DocType(_) => {
+                    return Err(XmlError::Restricted("a document type declaration"))
+                }
+                Event::PI(_) => return Err(XmlError::Restricted("a processing instruction")),
+                Event::Comment(_) => return Err(XmlError::Restricted("a comment")),
+                Event::Start(start) => {
+                    if !self.header_seen {
+                        let header = parse_header(&self.reader, &start)?;
+                        self.header_seen = true;
+                        self.reset_budget();
+                        return Ok(XmlEvent::StreamOpen(header));
+                    }
+                    if self.stack.len() + 1 >= self.limits.max_depth {
+                        return Err(XmlError::TooDeep(self.limits.max_depth));
+                    }
+                    let el = build_element(&self.reader, &start)?;
+                    self.stack.push(el);
+                }
+                Event::Empty(start) => {
+                    if !self.header_seen {
+                        return Err(XmlError::BadFormat(
+                            "the stream header must not be an empty element",
+                        ));
+                    }
+                    let el = build_element(&self.reader, &start)?;
+                    match self.stack.last_mut() {
+                        Some(parent) => {
+                            parent.append_child(el);
+                        }
+                        None => {
+                            self.reset_budget();
+                            return Ok(XmlEvent::Element(el));
+                        }
+                    }
+                }
+                Event::End(_) => match self.stack.pop() {
+                    None => return Ok(XmlEvent::StreamClose),
+                    Some(el) => match self.stack.last_mut() {
+                        Some(parent) => {
+                            parent.append_child(el);
+                        }
+                        None => {
+                            self.reset_budget();
+                            return Ok(XmlEvent::Element(el));
+                        }
+                    },
+                },
+                Event::Text(text) => {
+                    let content = text.xml10_content();
+                    match self.stack.last_mut() {
+                        Some(parent) => {
+                            check_chars(&content)?;
+                            parent.append_text(content.into_owned());
+                        }
+                        None if content
+                            .chars()
+                            .all(|c| matches!(c, ' ' | '\t' | '\r' | '\n')) =>
+                        {
+                            // Whitespace between stanzas: a keepalive (RFC 6120 §4.6.1).
+                            self.reset_budget();
+                        }
+                        None => return Err(XmlError::BadFormat("text outside of any stanza")),
+                    }
+                }
+                Event::CData(data) => {
+                    let content = data.xml10_content();
+                    check_chars(&content)?;
+                    match self.stack.last_mut() {
+                        Some(parent) => parent.append_text(content.into_owned()),
+                        None => {
+                            return Err(XmlError::BadFormat("character data outside of any stanza"))
+                        }
+                    }
+                }
+                Event::GeneralRef(reference) => {
+                    let resolved: String = if reference.is_char_ref() {
+                        match reference.resolve_char_ref() {
+                            Ok(Some(c)) if is_xml_char(c) => c.to_string(),
+                            _ => {
+                                return Err(XmlError::NotWellFormed(format!(
+                                    "bad character reference &{};",
+                                    &*reference
+                                )))
+                            }
+                        }
+                    } else {
+                        match quick_xml::escape::resolve_predefined_entity(&reference) {
+                            Some(s) => s.to_string(),
+                            None => {
+                                return Err(XmlError::Restricted("an undeclared entity reference"))
+                            }
+                        }
+                    };
+                    match self.stack.last_mut() {
+                        Some(parent) => parent.append_text(resolved),
+                        None => return Err(XmlError::BadFormat("text outside of any stanza")),
+                    }
+                }
+                Event::Eof => return Err(XmlError::Eof),
+            }
+        }
+    }
+}
+
+fn attr_name(local: &str) -> Result<NcName, XmlError> {
+    NcName::try_from(local)
+        .map_err(|_| XmlError::NotWellFormed(format!("'{local}' is not a valid name")))
+}
+
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+}
+
+/// XML 1.0 §2.2: control characters other than tab, newline and carriage return are not allowed.
+fn check_chars(text: &str) -> Result<(), XmlError> {
+    if text.chars().all(is_xml_char) {
+        Ok(())
+    } else {
+        Err(XmlError::NotWellFormed(
+            "a character that XML does not allow".into(),
+        ))
+    }
+}
+
+fn resolved_ns(result: ResolveResult<'_>) -> Result<String, XmlError> {
+    match result {
+        ResolveResult::Bound(ns) => Ok(ns.0.to_string()),
+        ResolveResult::Unbound => Ok(String::new()),
+        ResolveResult::Unknown(prefix) => Err(XmlError::BadNamespacePrefix(prefix)),
+    }
+}
+
+/// Turns a start tag into an element with resolved namespaces and decoded attribute values.
+fn build_element<B>(
+    reader: &NsReader<B>,
+    start: &quick_xml::events::BytesStart<'_>,
+) -> Result<Element, XmlError> {
+    let resolver = reader.resolver();
+    let (ns_result, local) = resolver.resolve_element(start.name());
+    let namespace = resolved_ns(ns_result)?;
+    let local = local.as_ref();
+    attr_name(local)?;
+    let mut el = Element::bare(local, namespace);
+    for attr in start.attributes() {
+        let attr = attr.map_err(|e| XmlError::NotWellFormed(e.to_string()))?;
+        let key: QName<'_> = attr.key;
+        if key.as_namespace_binding().is_some() {
+            continue;
+        }
+        let (attr_ns, attr_local) = resolver.resolve_attribute(key);
+        let attr_ns = resolved_ns(attr_ns)?;
+        let value = attr
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(|e| match e {
+                quick_xml::Error::Escape(_) => {
+                    XmlError::Restricted("an undeclared entity reference")
+                }
+                other => XmlError::NotWellFormed(other.to_string()),
+            })?;
+        check_chars(&value)?;
+        let name = attr_name(attr_local.as_ref())?;
+        let namespace = if attr_ns.is_empty() {
+            Namespace::NONE
+        } else {
+            Namespace::from(attr_ns)
+        };
+        el.set_attr(namespace, name, value.into_owned());
+    }
+    Ok(el)
+}
+
+/// Reads the stream header: `{http://etherx.jabber.org/streams}stream` with its attributes.
+fn parse_header<B>(
+    reader: &NsReader<B>,
+    start: &quick_xml::events::BytesStart<'_>,
+) -> Result<StreamHeader, XmlError> {
+    let resolver = reader.resolver();
+    let (ns_result, local) = resolver.resolve_element(start.name());
+    let namespace = resolved_ns(ns_result)?;
+    if local.as_ref() != "stream" {
+        return Err(XmlError::BadFormat(
+            "the first element must be the stream header",
+        ));
+    }
+    if namespace != ns::STREAM {
+        return Err(XmlError::InvalidNamespace(format!(
+            "stream namespace '{namespace}'"
+        )));
+    }
+    let mut header = StreamHeader::default();
+    for attr in start.attributes() {
+        let attr = attr.map_err(|e| XmlError::NotWellFormed(e.to_string()))?;
+        let value = attr
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(|e| XmlError::NotWellFormed(e.to_string()))?
+            .into_owned();
+        match attr.key.as_ref() {
+            "to" => header.to = Some(value),
+            "from" => header.from = Some(value),
+            "version" => header.version = Some(value),
+            "xml:lang" => header.lang = Some(value),
+            "xmlns" => header.default_ns = Some(value),
+            _ => {}
+        }
+    }
+    Ok(header)
+}
