@@ -55,7 +55,8 @@ async fn to_server(ctx: &SessionCtx, el: Element) {
     // without 'to' is a broadcast, which the presence module will handle.
     if el.name() == "iq" {
         crate::modules::server_iq(ctx, el).await
-    }}
+    }
+}
 
 /// A stanza to the sender's own bare JID: the server answers for the account.
 async fn to_own_account(ctx: &SessionCtx, el: Element) {

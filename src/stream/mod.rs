@@ -231,7 +231,6 @@ impl Negotiation {
                 return Ok(false);
             }
             if let Some(user) = sasl::authenticate(self, el).await? {
-                tracing::info!(peer = %self.peer, user = %user, "authenticated");
                 self.user = Some(user);
                 self.stage = Stage::Authenticated;
                 self.restart();

@@ -42,6 +42,7 @@ pub(super) async fn authenticate(
     match outcome {
         Ok((user, additional)) => {
             n.state.throttle.success(n.peer.ip());
+            tracing::info!(peer = %n.peer, user = %user, mechanism = mechanism.name(), "authenticated");
             let mut out = String::from("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>");
             if let Some(data) = additional {
                 out.push_str(&B64.encode(data));
