@@ -191,9 +191,9 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
     let outcome: IqResult = match (namespace.as_str(), target) {
         (ns::DISCO_INFO, _) => disco::info(set, payload, target),
         (ns::DISCO_ITEMS, _) => disco::items(set, payload, target),
-        (ns::PING, _) => ping::handle(set),
-        (ns::VERSION, Target::Server) => version::handle(set),
-        (ns::TIME, Target::Server) => time::handle(set),
+        (ns::PING, _) => ping::handle(set, payload),
+        (ns::VERSION, Target::Server) => version::handle(set, payload),
+        (ns::TIME, Target::Server) => time::handle(set, payload),
         (ns::REGISTER, _) => register::handle(ctx, set, payload).await,
         (ns::SESSION, Target::Server) if set => Ok(None),
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
@@ -210,6 +210,12 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
     {
         register::after_removal(ctx).await;
     }
+}
+
+/// Parses an iq payload into its xmpp-parsers type; a payload that does not fit is `<bad-request/>`.
+pub fn parse<T: TryFrom<Element>>(payload: &Element) -> Result<T, StanzaError> {
+    T::try_from(payload.clone())
+        .map_err(|_| StanzaError::with_text(StanzaErrorCondition::BadRequest, "the query is not well formed"))
 }
 
 /// The error for a `set` sent to a get-only namespace (or the other way round).

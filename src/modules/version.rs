@@ -1,34 +1,28 @@
 //! XEP-0092 Software Version of the server.
 
 use minidom::Element;
+use xmpp_parsers::version::{VersionQuery, VersionResult};
 
-use super::{IqResult, Module, Spec, Support};
+use super::{parse, IqResult, Module, Spec, Support};
 use crate::xml::ns;
 
 pub const MODULE: Module = Module {
     name: "version",
     disco_features: &[ns::VERSION],
-    specs: &[Spec::xep(
-        92,
-        "1.1",
-        Support::Complete,
-        "name, version and operating system of the server",
-    )],
+    specs: &[Spec::xep(92, "1.1", Support::Complete, "name, version and operating system of the server")],
 };
 
-pub fn handle(set: bool) -> IqResult {
+pub fn handle(set: bool, payload: &Element) -> IqResult {
     if set {
         return Err(super::wrong_type());
     }
-    let mut query = Element::bare("query", ns::VERSION);
-    for (name, value) in [
-        ("name", "Rookery"),
-        ("version", env!("CARGO_PKG_VERSION")),
-        ("os", std::env::consts::OS),
-    ] {
-        let mut el = Element::bare(name, ns::VERSION);
-        el.append_text(value);
-        query.append_child(el);
-    }
-    Ok(Some(query))
+    parse::<VersionQuery>(payload)?;
+    Ok(Some(
+        VersionResult {
+            name: "Rookery".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            os: Some(std::env::consts::OS.into()),
+        }
+        .into(),
+    ))
 }

@@ -308,39 +308,34 @@ impl Negotiation {
         let Some(user) = self.user.clone() else {
             return Err(Stop::Gone);
         };
-        let requested = iq
+        let query = iq
             .get_child("bind", ns::BIND)
-            .and_then(|b| b.get_child("resource", ns::BIND))
-            .map(|r| r.text())
-            .filter(|r| !r.trim().is_empty());
+            .map(|b| xmpp_parsers::bind::BindQuery::try_from(b.clone()));
+        let requested = match query {
+            Some(Ok(query)) => query.resource.filter(|r| !r.trim().is_empty()),
+            _ => return self.bind_error(iq, "the bind request is not well formed").await,
+        };
         let resource = requested.unwrap_or_else(|| {
-            format!(
-                "rookery-{}",
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 6]>())
-            )
+            format!("rookery-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 6]>()))
         });
         let jid = match FullJid::new(&format!("{user}/{resource}")) {
             Ok(jid) if jid.to_bare() == user => jid,
-            _ => {
-                let error = StanzaError::with_text(
-                    StanzaErrorCondition::BadRequest,
-                    "the resource is not valid",
-                );
-                if let Some(reply) = error.reply_to(iq) {
-                    self.send(&xml::serialize(&reply)).await?;
-                }
-                return Ok(None);
-            }
+            _ => return self.bind_error(iq, "the resource is not valid").await,
         };
-        let mut bind = Element::bare("bind", ns::BIND);
-        let mut jid_el = Element::bare("jid", ns::BIND);
-        jid_el.append_text(jid.to_string());
-        bind.append_child(jid_el);
+        let bind = Element::from(xmpp_parsers::bind::BindResponse { jid: jid.clone() });
         let mut reply = crate::modules::result_for(iq, Some(bind));
         crate::error::set_attr(&mut reply, "to", jid.as_str());
         self.send(&xml::serialize(&reply)).await?;
         tracing::info!(peer = %self.peer, jid = %jid, "resource bound");
         Ok(Some(jid))
+    }
+
+    /// RFC 6120 §7.7.2.1: a bad bind request gets `<bad-request/>`; the client may try again.
+    async fn bind_error(&mut self, iq: &Element, text: &str) -> Result<Option<FullJid>, Stop> {
+        if let Some(reply) = StanzaError::with_text(StanzaErrorCondition::BadRequest, text).reply_to(iq) {
+            self.send(&xml::serialize(&reply)).await?;
+        }
+        Ok(None)
     }
 
     /// RFC 6120 §5.4.2: `<proceed/>`, TLS handshake, then a fresh stream over TLS.

@@ -45,6 +45,10 @@ pub struct Options {
     pub auth_timeout: u64,
     pub max_connections: usize,
     pub failure_delay_ms: u64,
+    /// PBKDF2 iterations for SCRAM keys (the server's default is 10000; tests use the minimum).
+    pub scram_iterations: u32,
+    /// The server's log filter.
+    pub log_level: String,
     /// Extra TOML appended verbatim (for tables not covered above).
     pub extra: String,
 }
@@ -58,6 +62,8 @@ impl Default for Options {
             auth_timeout: 30,
             max_connections: 1000,
             failure_delay_ms: 10,
+            scram_iterations: 4096,
+            log_level: "info,rookery=debug".into(),
             extra: String::new(),
         }
     }
@@ -86,7 +92,7 @@ impl TestServer {
             r#"[server]
 domain = "localhost"
 data_dir = "{data}"
-log_level = "info,rookery=debug"
+log_level = "{log_level}"
 max_connections = {max_connections}
 shutdown_timeout = 5
 [c2s]
@@ -101,7 +107,7 @@ key = "{key}"
 [registration]
 allow = {registration}
 [auth]
-scram_iterations = 4096
+scram_iterations = {scram_iterations}
 argon2_memory_kib = 64
 argon2_iterations = 1
 failure_delay_ms = {delay}
@@ -116,6 +122,8 @@ failure_delay_ms = {delay}
             key = key.display(),
             registration = options.registration,
             delay = options.failure_delay_ms,
+            log_level = options.log_level,
+            scram_iterations = options.scram_iterations,
             extra = options.extra,
         );
         std::fs::write(&config, text).expect("write config");
@@ -210,6 +218,11 @@ failure_delay_ms = {delay}
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's process id (for reading /proc in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn data_dir(&self) -> PathBuf {
