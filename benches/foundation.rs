@@ -43,7 +43,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn login_figures(count: usize) {
     let server = TestServer::start_with(Options {
         scram_iterations: 10_000,
-        log_level: "warn".into(),
+        log_level: "warn,rookery::server=info".into(),
         failure_delay_ms: 0,
         ..Default::default()
     });
@@ -55,7 +55,13 @@ async fn login_figures(count: usize) {
         let t = Instant::now();
         let mut c = Raw::connect(server.c2s).await;
         c.starttls().await;
-        c.login("SCRAM-SHA-256", "bench", "bench-password", Some(&format!("r{i}"))).await;
+        c.login(
+            "SCRAM-SHA-256",
+            "bench",
+            "bench-password",
+            Some(&format!("r{i}")),
+        )
+        .await;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
         c.send("</stream:stream>").await;
         c.expect_closed().await;
@@ -76,7 +82,7 @@ async fn login_figures(count: usize) {
 async fn idle_figures(count: usize, tls: bool) {
     let server = TestServer::start_with(Options {
         require_encryption: !tls,
-        log_level: "warn".into(),
+        log_level: "warn,rookery::server=info".into(),
         max_connections: count + 100,
         ..Default::default()
     });
@@ -107,10 +113,12 @@ async fn connect(server: &TestServer, tls: bool, resource: &str) -> Raw {
     let mut c = Raw::connect(server.c2s).await;
     if tls {
         c.starttls().await;
-        c.login("SCRAM-SHA-256", "idle", "idle-password", Some(resource)).await;
+        c.login("SCRAM-SHA-256", "idle", "idle-password", Some(resource))
+            .await;
     } else {
         c.open().await;
-        c.login("SCRAM-SHA-256", "idle", "idle-password", Some(resource)).await;
+        c.login("SCRAM-SHA-256", "idle", "idle-password", Some(resource))
+            .await;
     }
     c
 }
@@ -118,7 +126,10 @@ async fn connect(server: &TestServer, tls: bool, resource: &str) -> Raw {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes "--bench"; take the first two numeric arguments.
-    let numbers: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let numbers: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let logins = numbers.first().copied().unwrap_or(200);
     let sessions = numbers.get(1).copied().unwrap_or(2000);
     login_figures(logins).await;

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use jid::BareJid;
 use tokio::sync::Semaphore;
 
@@ -37,6 +39,9 @@ pub struct Accounts {
     hashing: Arc<Semaphore>,
     /// Per-process secret for made-up SCRAM salts of unknown users.
     secret: [u8; 32],
+    /// A hash of a random password, checked when PLAIN names an unknown user so that the answer takes
+    /// as long as for a wrong password (made on first use, with the configured cost).
+    decoy: Arc<std::sync::OnceLock<Option<crate::store::StoredCredentials>>>,
 }
 
 impl Accounts {
@@ -50,6 +55,7 @@ impl Accounts {
             config,
             hashing: Arc::new(Semaphore::new(cores)),
             secret: rand::random(),
+            decoy: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -163,19 +169,31 @@ impl Accounts {
             .and_then(|c| c.scram.into_iter().find(|v| v.hash == hash.name())))
     }
 
-    /// Checks a PLAIN password (Argon2id, off the executor, bounded).
+    /// Checks a PLAIN password (Argon2id, off the executor, bounded). An unknown user costs the same
+    /// hash as a known one, so timing does not tell whether the account exists.
     pub async fn verify_plain(&self, jid: &BareJid, password: &str) -> Result<bool, StoreError> {
-        let Some(stored) = self.stores.accounts.get(jid)? else {
-            return Ok(false);
-        };
+        let stored = self.stores.accounts.get(jid)?;
+        let known = stored.is_some();
         let _permit = self
             .hashing
             .acquire()
             .await
             .map_err(|_| StoreError::Backend("shutting down".into()))?;
         let password = password.to_string();
-        tokio::task::spawn_blocking(move || credentials::verify_plain(&password, &stored))
-            .await
-            .map_err(|e| StoreError::Backend(format!("hashing task failed: {e}")))
+        let decoy = self.decoy.clone();
+        let config = self.config.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let stored = stored.or_else(|| {
+                decoy
+                    .get_or_init(|| {
+                        credentials::derive(&B64.encode(rand::random::<[u8; 18]>()), &config).ok()
+                    })
+                    .clone()
+            });
+            stored.is_some_and(|stored| credentials::verify_plain(&password, &stored))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("hashing task failed: {e}")))?;
+        Ok(known && verified)
     }
 }

@@ -196,7 +196,7 @@ impl ScramServer {
         binding_offered: bool,
         first: ClientFirst,
         verifier: Option<ScramVerifier>,
-        server_secret: &[u8],
+        unknown_user: UnknownUser<'_>,
     ) -> Result<(ScramServer, Vec<u8>), SaslFailure> {
         match (&first.flag, plus) {
             (Gs2Flag::Uses(kind), true) if kind == "tls-exporter" => {}
@@ -209,7 +209,7 @@ impl ScramServer {
         }
         let known_user = verifier.is_some();
         let verifier =
-            verifier.unwrap_or_else(|| fake_verifier(hash, &first.username, server_secret));
+            verifier.unwrap_or_else(|| fake_verifier(hash, &first.username, unknown_user));
         let server_nonce: [u8; 18] = rand::random();
         let nonce = format!("{}{}", first.client_nonce, B64.encode(server_nonce));
         let server_first = format!(
@@ -295,14 +295,24 @@ impl ScramServer {
     }
 }
 
-/// A stable made-up verifier for an unknown user (same salt on every try, so probing learns nothing).
-fn fake_verifier(hash: ScramHash, username: &str, secret: &[u8]) -> ScramVerifier {
-    let salt = hash.hmac(secret, username.as_bytes())[..16].to_vec();
+/// What a made-up verifier for an unknown user must look like to pass for a real one.
+#[derive(Debug, Clone, Copy)]
+pub struct UnknownUser<'a> {
+    /// Per-process secret that keys the made-up salt.
+    pub secret: &'a [u8],
+    /// The iteration count real accounts get (`[auth] scram_iterations`).
+    pub iterations: u32,
+}
+
+/// A stable made-up verifier for an unknown user: same salt on every try and the configured iteration
+/// count, so the challenge does not tell whether the account exists.
+fn fake_verifier(hash: ScramHash, username: &str, unknown: UnknownUser<'_>) -> ScramVerifier {
+    let salt = hash.hmac(unknown.secret, username.as_bytes())[..16].to_vec();
     let random: [u8; 32] = rand::random();
     ScramVerifier {
         hash: hash.name().to_string(),
         salt,
-        iterations: 10_000,
+        iterations: unknown.iterations,
         stored_key: hash.digest(&random),
         server_key: random.to_vec(),
     }
@@ -317,6 +327,11 @@ mod tests {
     use super::*;
 
     /// RFC 7677 §3 test vector: user "user", password "pencil".
+    const UNKNOWN: UnknownUser<'static> = UnknownUser {
+        secret: b"k",
+        iterations: 4096,
+    };
+
     #[test]
     fn rfc7677_sha256_vector() {
         let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
@@ -330,8 +345,15 @@ mod tests {
         };
         let first = ClientFirst::parse(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
         assert_eq!(first.username, "user");
-        let (mut server, _) =
-            ScramServer::new(ScramHash::Sha256, false, false, first, Some(verifier), b"k").unwrap();
+        let (mut server, _) = ScramServer::new(
+            ScramHash::Sha256,
+            false,
+            false,
+            first,
+            Some(verifier),
+            UNKNOWN,
+        )
+        .unwrap();
         // Replace the random nonce with the RFC's so its proof applies.
         server.nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into();
         server.server_first =
@@ -359,22 +381,40 @@ mod tests {
 
     #[test]
     fn downgrade_and_binding_mismatches_are_refused() {
-        let v = fake_verifier(ScramHash::Sha256, "u", b"k");
+        let v = fake_verifier(ScramHash::Sha256, "u", UNKNOWN);
         // "y" while the server offered -PLUS: a downgrade.
         let first = ClientFirst::parse(b"y,,n=u,r=abc").unwrap();
-        assert!(
-            ScramServer::new(ScramHash::Sha256, false, true, first, Some(v.clone()), b"k").is_err()
-        );
+        assert!(ScramServer::new(
+            ScramHash::Sha256,
+            false,
+            true,
+            first,
+            Some(v.clone()),
+            UNKNOWN
+        )
+        .is_err());
         // A -PLUS mechanism without binding, and binding on a plain mechanism.
         let first = ClientFirst::parse(b"n,,n=u,r=abc").unwrap();
-        assert!(
-            ScramServer::new(ScramHash::Sha256, true, true, first, Some(v.clone()), b"k").is_err()
-        );
+        assert!(ScramServer::new(
+            ScramHash::Sha256,
+            true,
+            true,
+            first,
+            Some(v.clone()),
+            UNKNOWN
+        )
+        .is_err());
         let first = ClientFirst::parse(b"p=tls-exporter,,n=u,r=abc").unwrap();
-        assert!(
-            ScramServer::new(ScramHash::Sha256, false, true, first, Some(v.clone()), b"k").is_err()
-        );
+        assert!(ScramServer::new(
+            ScramHash::Sha256,
+            false,
+            true,
+            first,
+            Some(v.clone()),
+            UNKNOWN
+        )
+        .is_err());
         let first = ClientFirst::parse(b"p=tls-unique,,n=u,r=abc").unwrap();
-        assert!(ScramServer::new(ScramHash::Sha256, true, true, first, Some(v), b"k").is_err());
+        assert!(ScramServer::new(ScramHash::Sha256, true, true, first, Some(v), UNKNOWN).is_err());
     }
 }

@@ -2,7 +2,9 @@
 //! declarations), its items, and the identity of an account.
 
 use minidom::Element;
-use xmpp_parsers::disco::{DiscoInfoQuery, DiscoInfoResult, DiscoItemsQuery, DiscoItemsResult, Identity};
+use xmpp_parsers::disco::{
+    DiscoInfoQuery, DiscoInfoResult, DiscoItemsQuery, DiscoItemsResult, Identity,
+};
 
 use super::{parse, IqResult, Module, Spec, Support, Target};
 use crate::error::StanzaErrorCondition;
@@ -11,7 +13,12 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "disco",
     disco_features: &[ns::DISCO_INFO, ns::DISCO_ITEMS],
-    specs: &[Spec::xep(30, "2.5.0", Support::Partial, "info and items of the server and of accounts; no nodes")],
+    specs: &[Spec::xep(
+        30,
+        "2.5.0",
+        Support::Partial,
+        "info and items of the server and of accounts; no nodes",
+    )],
 };
 
 pub fn info(set: bool, payload: &Element, target: Target) -> IqResult {

@@ -214,8 +214,12 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
 
 /// Parses an iq payload into its xmpp-parsers type; a payload that does not fit is `<bad-request/>`.
 pub fn parse<T: TryFrom<Element>>(payload: &Element) -> Result<T, StanzaError> {
-    T::try_from(payload.clone())
-        .map_err(|_| StanzaError::with_text(StanzaErrorCondition::BadRequest, "the query is not well formed"))
+    T::try_from(payload.clone()).map_err(|_| {
+        StanzaError::with_text(
+            StanzaErrorCondition::BadRequest,
+            "the query is not well formed",
+        )
+    })
 }
 
 /// The error for a `set` sent to a get-only namespace (or the other way round).

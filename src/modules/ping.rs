@@ -9,7 +9,12 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "ping",
     disco_features: &[ns::PING],
-    specs: &[Spec::xep(199, "2.0.1", Support::Complete, "client-to-server pings answered")],
+    specs: &[Spec::xep(
+        199,
+        "2.0.1",
+        Support::Complete,
+        "client-to-server pings answered",
+    )],
 };
 
 pub fn handle(set: bool, payload: &Element) -> IqResult {

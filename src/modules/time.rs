@@ -10,7 +10,12 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "time",
     disco_features: &[ns::TIME],
-    specs: &[Spec::xep(202, "2.0", Support::Complete, "UTC time and the server's offset")],
+    specs: &[Spec::xep(
+        202,
+        "2.0",
+        Support::Complete,
+        "UTC time and the server's offset",
+    )],
 };
 
 pub fn handle(set: bool, payload: &Element) -> IqResult {

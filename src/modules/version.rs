@@ -9,7 +9,12 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "version",
     disco_features: &[ns::VERSION],
-    specs: &[Spec::xep(92, "1.1", Support::Complete, "name, version and operating system of the server")],
+    specs: &[Spec::xep(
+        92,
+        "1.1",
+        Support::Complete,
+        "name, version and operating system of the server",
+    )],
 };
 
 pub fn handle(set: bool, payload: &Element) -> IqResult {

@@ -313,10 +313,17 @@ impl Negotiation {
             .map(|b| xmpp_parsers::bind::BindQuery::try_from(b.clone()));
         let requested = match query {
             Some(Ok(query)) => query.resource.filter(|r| !r.trim().is_empty()),
-            _ => return self.bind_error(iq, "the bind request is not well formed").await,
+            _ => {
+                return self
+                    .bind_error(iq, "the bind request is not well formed")
+                    .await
+            }
         };
         let resource = requested.unwrap_or_else(|| {
-            format!("rookery-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 6]>()))
+            format!(
+                "rookery-{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 6]>())
+            )
         });
         let jid = match FullJid::new(&format!("{user}/{resource}")) {
             Ok(jid) if jid.to_bare() == user => jid,
@@ -332,7 +339,9 @@ impl Negotiation {
 
     /// RFC 6120 §7.7.2.1: a bad bind request gets `<bad-request/>`; the client may try again.
     async fn bind_error(&mut self, iq: &Element, text: &str) -> Result<Option<FullJid>, Stop> {
-        if let Some(reply) = StanzaError::with_text(StanzaErrorCondition::BadRequest, text).reply_to(iq) {
+        if let Some(reply) =
+            StanzaError::with_text(StanzaErrorCondition::BadRequest, text).reply_to(iq)
+        {
             self.send(&xml::serialize(&reply)).await?;
         }
         Ok(None)

@@ -8,7 +8,7 @@ use jid::BareJid;
 use minidom::Element;
 
 use super::{Negotiation, Stop};
-use crate::auth::scram::{ClientFirst, ScramServer};
+use crate::auth::scram::{ClientFirst, ScramServer, UnknownUser};
 use crate::auth::{parse_plain, Mechanism, SaslFailure};
 use crate::error::{StreamError, StreamErrorCondition};
 use crate::xml::{ns, XmlEvent};
@@ -125,14 +125,17 @@ async fn scram(
         },
         None => None,
     };
-    let secret = n.state.accounts.secret().to_vec();
+    let unknown = UnknownUser {
+        secret: n.state.accounts.secret(),
+        iterations: n.state.config.auth.scram_iterations,
+    };
     let (server, server_first) = match ScramServer::new(
         hash,
         mechanism.is_plus(),
         binding_offered,
         first,
         verifier,
-        &secret,
+        unknown,
     ) {
         Ok(pair) => pair,
         Err(failure) => return Ok(Err(failure)),
