@@ -81,7 +81,7 @@ async fn login_figures(count: usize) {
 
 async fn idle_figures(count: usize, tls: bool) {
     let server = TestServer::start_with(Options {
-        require_encryption: !tls,
+        require_encryption: false,
         log_level: "warn,rookery::server=info".into(),
         max_connections: count + 100,
         ..Default::default()
