@@ -296,7 +296,7 @@ fn parse_listen(value: &str) -> Result<Option<SocketAddr>, String> {
 fn describe_toml_error(err: &toml::de::Error, text: &str) -> String {
     let message = err.message().trim().to_string();
     match err.span() {
-        Some(span) => {
+        Some(span) if text.is_char_boundary(span.start.min(text.len())) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let table = text[..span.start.min(text.len())]
                 .lines()
@@ -321,7 +321,7 @@ fn describe_toml_error(err: &toml::de::Error, text: &str) -> String {
                 format!("line {line}, {table} {key}: {message}")
             }
         }
-        None => message,
+        _ => message,
     }
 }
 

@@ -43,9 +43,12 @@ impl ServerState {
 
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Listen for signals before anything announces readiness, so an early SIGTERM is a clean stop
+    // rather than the default (immediate death).
+    let signal = shutdown_signal()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let server = start(config, shutdown_rx).await?;
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     server.finish().await
@@ -203,24 +206,24 @@ async fn refuse(mut tcp: TcpStream, direct_tls: bool, domain: String) {
     let _ = tcp.shutdown().await;
 }
 
-async fn wait_for_signal() {
+/// A future that completes on SIGTERM or SIGINT; the handlers are installed when this is called.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }

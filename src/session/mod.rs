@@ -81,7 +81,10 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
         let event = tokio::select! {
             event = reader.next() => event,
             _ = control_rx.changed() => break,
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => {
+                ctx.handle.close(Closing::Error(StreamError::new(StreamErrorCondition::SystemShutdown)));
+                break;
+            }
         };
         match event {
             Ok(XmlEvent::Element(el)) => {

@@ -32,14 +32,15 @@ impl SledBackend {
             ))
         })?;
         let db = sled::Config::new().path(dir.join("db")).open().map_err(|e| {
-            let text = e.to_string();
-            if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
+            let locked = matches!(&e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+                || e.to_string().contains("could not acquire lock");
+            if locked {
                 StoreError::Backend(format!(
-                    "the data directory {} is in use by another process (is the server running?): {text}",
+                    "the data directory {} is in use by another process (is the server running?)",
                     dir.display()
                 ))
             } else {
-                StoreError::Backend(format!("cannot open the database in {}: {text}", dir.display()))
+                StoreError::Backend(format!("cannot open the database in {}: {e}", dir.display()))
             }
         })?;
         let meta = db.open_tree("meta").map_err(backend)?;

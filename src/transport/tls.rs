@@ -14,8 +14,14 @@ pub enum TlsSetupError {
     Cert { path: String, message: String },
     #[error("cannot read the private key {path} ([tls] key): {message}")]
     Key { path: String, message: String },
-    #[error("[tls] cert {cert} exists but [tls] key {key} does not (or the other way round); provide both, or remove both to get a generated self-signed pair")]
-    HalfPair { cert: String, key: String },
+    #[error("the private key {missing} ([tls] key) is missing while the certificate {present} ([tls] cert) exists; provide both, or remove both to get a generated self-signed pair")]
+    KeyMissing { present: String, missing: String },
+    #[error("the certificate {missing} ([tls] cert) is missing while the private key {present} ([tls] key) exists; provide both, or remove both to get a generated self-signed pair")]
+    CertMissing { present: String, missing: String },
+    #[error(
+        "the private key {key} ([tls] key) does not belong to the certificate {cert} ([tls] cert)"
+    )]
+    Mismatch { cert: String, key: String },
     #[error("cannot write the generated certificate to {path}: {source}")]
     Write {
         path: String,
@@ -33,10 +39,16 @@ pub fn ensure_certificate(domain: &str, cert: &Path, key: &Path) -> Result<bool,
     match (cert.exists(), key.exists()) {
         (true, true) => return Ok(false),
         (false, false) => {}
-        _ => {
-            return Err(TlsSetupError::HalfPair {
-                cert: cert.display().to_string(),
-                key: key.display().to_string(),
+        (true, false) => {
+            return Err(TlsSetupError::KeyMissing {
+                present: cert.display().to_string(),
+                missing: key.display().to_string(),
+            })
+        }
+        (false, true) => {
+            return Err(TlsSetupError::CertMissing {
+                present: key.display().to_string(),
+                missing: cert.display().to_string(),
             })
         }
     }
@@ -110,7 +122,17 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .map_err(|e| TlsSetupError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
-        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsSetupError::Mismatch {
+                cert: cert.display().to_string(),
+                key: key.display().to_string(),
+            },
+            other => TlsSetupError::Config(format!(
+                "{} ([tls] cert) and {} ([tls] key): {other}",
+                cert.display(),
+                key.display()
+            )),
+        })?;
     Ok(Arc::new(config))
 }
 
