@@ -22,6 +22,7 @@ pub enum StreamErrorCondition {
     ResourceConstraint,
     RestrictedXml,
     SystemShutdown,
+    UnsupportedEncoding,
     UnsupportedStanzaType,
     UnsupportedVersion,
 }
@@ -45,6 +46,7 @@ impl StreamErrorCondition {
             ResourceConstraint => "resource-constraint",
             RestrictedXml => "restricted-xml",
             SystemShutdown => "system-shutdown",
+            UnsupportedEncoding => "unsupported-encoding",
             UnsupportedStanzaType => "unsupported-stanza-type",
             UnsupportedVersion => "unsupported-version",
         }
@@ -100,6 +102,7 @@ impl From<XmlError> for StreamError {
             XmlError::InvalidNamespace(_) => InvalidNamespace,
             XmlError::BadNamespacePrefix(_) => BadNamespacePrefix,
             XmlError::BadFormat(_) => BadFormat,
+            XmlError::UnsupportedEncoding => UnsupportedEncoding,
             XmlError::Io(_) | XmlError::Eof => InternalServerError,
         };
         StreamError::with_text(condition, err.to_string())

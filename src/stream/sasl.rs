@@ -181,7 +181,8 @@ async fn challenge(n: &mut Negotiation, data: &[u8]) -> Result<Result<Vec<u8>, S
         return Ok(Err(SaslFailure::Aborted));
     }
     if !el.is("response", ns::SASL) {
-        return Ok(Err(SaslFailure::MalformedRequest));
+        // Not SASL: a stanza before authentication, or something else out of place (RFC 6120 §4.9.3).
+        return Err(n.refuse_before_auth(&el).into());
     }
     Ok(decode(&el.text()))
 }

@@ -60,6 +60,8 @@ pub enum XmlError {
     BadNamespacePrefix(String),
     #[error("{0}")]
     BadFormat(&'static str),
+    #[error("the stream is not UTF-8 (RFC 6120 §11.6)")]
+    UnsupportedEncoding,
     #[error("read failed: {0}")]
     Io(io::Error),
     #[error("connection closed")]
@@ -197,6 +199,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                 _ => XmlError::Io(io::Error::new(e.kind(), e.to_string())),
             },
             quick_xml::Error::Namespace(e) => XmlError::BadNamespacePrefix(e.to_string()),
+            quick_xml::Error::Encoding(_) => XmlError::UnsupportedEncoding,
             other => XmlError::NotWellFormed(other.to_string()),
         }
     }
@@ -215,9 +218,16 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                 Err(err) => return Err(self.map_error(err)),
             };
             match event {
-                Event::Decl(_) => {
+                Event::Decl(decl) => {
                     if self.header_seen || !self.stack.is_empty() {
                         return Err(XmlError::Restricted("an XML declaration inside the stream"));
+                    }
+                    // RFC 6120 §11.6: UTF-8 only.
+                    if let Some(encoding) = decl.encoding() {
+                        let utf8 = encoding.is_ok_and(|e| e.eq_ignore_ascii_case("utf-8"));
+                        if !utf8 {
+                            return Err(XmlError::UnsupportedEncoding);
+                        }
                     }
                 }
                 Event::DocType(_) => {
@@ -236,6 +246,10 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                         return Err(XmlError::TooDeep(self.limits.max_depth));
                     }
                     let el = build_element(&self.reader, &start)?;
+                    if self.stack.is_empty() && el.is("stream", ns::STREAM) {
+                        // Only a stream restart may open a new stream, and that starts a new parser.
+                        return Err(XmlError::BadFormat("a new stream header inside the stream"));
+                    }
                     self.stack.push(el);
                 }
                 Event::Empty(start) => {
@@ -272,6 +286,12 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                     match self.stack.last_mut() {
                         Some(parent) => {
                             check_chars(&content)?;
+                            if content.contains("]]>") {
+                                // XML 1.0 §2.4: `]]>` may not appear in character data.
+                                return Err(XmlError::NotWellFormed(
+                                    "']]>' in character data".into(),
+                                ));
+                            }
                             parent.append_text(content.into_owned());
                         }
                         None if content
@@ -344,6 +364,27 @@ fn check_chars(text: &str) -> Result<(), XmlError> {
     }
 }
 
+/// Decodes an attribute value, with the well-formedness checks quick-xml leaves to us: no raw `<`
+/// (XML 1.0 §3.1), only XML characters, and only predefined entities (others are restricted XML,
+/// RFC 6120 §11.1; broken references are not well-formed).
+fn attribute_value<'a>(
+    attr: &quick_xml::events::attributes::Attribute<'a>,
+) -> Result<std::borrow::Cow<'a, str>, XmlError> {
+    if attr.value.contains('<') {
+        return Err(XmlError::NotWellFormed("'<' in an attribute value".into()));
+    }
+    let value = attr
+        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+        .map_err(|e| match e {
+            quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(..)) => {
+                XmlError::Restricted("an undeclared entity reference")
+            }
+            other => XmlError::NotWellFormed(other.to_string()),
+        })?;
+    check_chars(&value)?;
+    Ok(value)
+}
+
 fn resolved_ns(result: ResolveResult<'_>) -> Result<String, XmlError> {
     match result {
         ResolveResult::Bound(ns) => Ok(ns.0.to_string()),
@@ -371,15 +412,7 @@ fn build_element<B>(
         }
         let (attr_ns, attr_local) = resolver.resolve_attribute(key);
         let attr_ns = resolved_ns(attr_ns)?;
-        let value = attr
-            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(|e| match e {
-                quick_xml::Error::Escape(_) => {
-                    XmlError::Restricted("an undeclared entity reference")
-                }
-                other => XmlError::NotWellFormed(other.to_string()),
-            })?;
-        check_chars(&value)?;
+        let value = attribute_value(&attr)?;
         let name = attr_name(attr_local.as_ref())?;
         let namespace = if attr_ns.is_empty() {
             Namespace::NONE
@@ -412,10 +445,7 @@ fn parse_header<B>(
     let mut header = StreamHeader::default();
     for attr in start.attributes() {
         let attr = attr.map_err(|e| XmlError::NotWellFormed(e.to_string()))?;
-        let value = attr
-            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(|e| XmlError::NotWellFormed(e.to_string()))?
-            .into_owned();
+        let value = attribute_value(&attr)?.into_owned();
         match attr.key.as_ref() {
             "to" => header.to = Some(value),
             "from" => header.from = Some(value),
