@@ -58,9 +58,10 @@ pub fn ensure_certificate(domain: &str, cert: &Path, key: &Path) -> Result<bool,
     }
     let generated = rcgen::generate_simple_self_signed(names)
         .map_err(|e| TlsSetupError::Generate(e.to_string()))?;
-    for (path, pem) in [
-        (cert, generated.cert.pem()),
-        (key, generated.signing_key.serialize_pem()),
+    // The certificate is public (0644); the key is readable by the server's user only (0600).
+    for (path, pem, mode) in [
+        (cert, generated.cert.pem(), 0o644),
+        (key, generated.signing_key.serialize_pem(), 0o600),
     ] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| TlsSetupError::Write {
@@ -68,7 +69,7 @@ pub fn ensure_certificate(domain: &str, cert: &Path, key: &Path) -> Result<bool,
                 source,
             })?;
         }
-        write_private(path, pem.as_bytes()).map_err(|source| TlsSetupError::Write {
+        write_new(path, pem.as_bytes(), mode).map_err(|source| TlsSetupError::Write {
             path: path.display().to_string(),
             source,
         })?;
@@ -77,20 +78,20 @@ pub fn ensure_certificate(domain: &str, cert: &Path, key: &Path) -> Result<bool,
 }
 
 #[cfg(unix)]
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+fn write_new(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
     f.write_all(data)?;
     f.sync_all()
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+fn write_new(path: &Path, data: &[u8], _mode: u32) -> std::io::Result<()> {
     std::fs::write(path, data)
 }
 
