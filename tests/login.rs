@@ -74,4 +74,29 @@ async fn tokio_xmpp_client_logs_in_and_pings() {
             && l.contains("romeo@localhost")),
         "{log}"
     );
+    // A ping through the library's typed stanzas comes back as a result with the same id.
+    let ping = xmpp_parsers::iq::Iq::from_get("ping-1", xmpp_parsers::ping::Ping)
+        .with_to(jid::Jid::new("localhost").unwrap());
+    client.send_stanza(ping.into()).await.expect("send ping");
+    loop {
+        match tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("answer in time")
+        {
+            Some(Event::Stanza(tokio_xmpp::Stanza::Iq(xmpp_parsers::iq::Iq::Result {
+                id,
+                from,
+                ..
+            }))) if id == "ping-1" => {
+                assert_eq!(from.map(|j| j.to_string()).as_deref(), Some("localhost"));
+                break;
+            }
+            Some(Event::Stanza(tokio_xmpp::Stanza::Iq(other))) => {
+                panic!("unexpected iq: {other:?}")
+            }
+            Some(Event::Disconnected(e)) => panic!("disconnected: {e:?}"),
+            Some(_) => {}
+            None => panic!("client ended"),
+        }
+    }
 }

@@ -42,7 +42,9 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
                 "message" if matches!(el.attr("type"), None | Some("normal" | "chat")) => {
                     to_bare(ctx, el, &bare).await
                 }
+                // RFC 6121 §8.5.3.2.2: presence, headline and error messages to it are ignored.
                 "presence" => {}
+                "message" if matches!(el.attr("type"), Some("headline" | "error")) => {}
                 _ => refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await,
             },
         },

@@ -258,6 +258,9 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                             "the stream header must not be an empty element",
                         ));
                     }
+                    if self.stack.len() + 1 >= self.limits.max_depth {
+                        return Err(XmlError::TooDeep(self.limits.max_depth));
+                    }
                     let el = build_element(&self.reader, &start)?;
                     match self.stack.last_mut() {
                         Some(parent) => {
