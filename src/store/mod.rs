@@ -55,6 +55,102 @@ pub trait AccountStore: Send + Sync {
     fn list(&self, domain: &str) -> Result<Vec<BareJid>, StoreError>;
 }
 
+/// A contact's subscription state as seen from the roster owner (RFC 6121 §2.1.2.5).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Subscription {
+    #[default]
+    None,
+    /// The user receives the contact's presence.
+    To,
+    /// The contact receives the user's presence.
+    From,
+    Both,
+}
+
+impl Subscription {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+        }
+    }
+
+    /// Whether the user receives the contact's presence.
+    pub fn to(self) -> bool {
+        matches!(self, Subscription::To | Subscription::Both)
+    }
+
+    /// Whether the contact receives the user's presence.
+    pub fn from(self) -> bool {
+        matches!(self, Subscription::From | Subscription::Both)
+    }
+
+    pub fn with_to(self, on: bool) -> Subscription {
+        Self::of(on, self.from())
+    }
+
+    pub fn with_from(self, on: bool) -> Subscription {
+        Self::of(self.to(), on)
+    }
+
+    fn of(to: bool, from: bool) -> Subscription {
+        match (to, from) {
+            (false, false) => Subscription::None,
+            (true, false) => Subscription::To,
+            (false, true) => Subscription::From,
+            (true, true) => Subscription::Both,
+        }
+    }
+}
+
+/// What the server keeps about one contact of a user: the roster item the user sees, plus the
+/// server-side subscription state (RFC 6121 §3 and appendix A).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RosterItem {
+    /// The contact's bare JID.
+    pub jid: String,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub subscription: Subscription,
+    /// The user asked to subscribe to the contact and awaits an answer ("pending out").
+    pub ask: bool,
+    /// The contact asked to subscribe to the user and awaits approval ("pending in"): the request as
+    /// received, re-sent at each login until answered.
+    pub pending_in: Option<String>,
+    /// The contact approved in advance a subscription request from the user (RFC 6121 §3.4).
+    #[serde(default)]
+    pub preapproved: bool,
+    /// Shown in the user's roster. False for a contact known only through a pending request.
+    pub listed: bool,
+}
+
+/// Rosters and subscription state, keyed by user then contact, with a version per roster
+/// (RFC 6121 §2.6) that grows with every change.
+pub trait RosterStore: Send + Sync {
+    /// Every item of a user, listed or not, and the roster version.
+    fn roster(&self, user: &BareJid) -> Result<(u64, Vec<RosterItem>), StoreError>;
+    fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>, StoreError>;
+    /// Stores an item; returns the new roster version.
+    fn put(&self, user: &BareJid, item: &RosterItem) -> Result<u64, StoreError>;
+    /// Removes an item; returns the new roster version.
+    fn remove(&self, user: &BareJid, contact: &BareJid) -> Result<u64, StoreError>;
+    /// Removes a user's whole roster (account deleted).
+    fn delete_user(&self, user: &BareJid) -> Result<(), StoreError>;
+}
+
+/// Messages held for a user who was not online to receive them (XEP-0160), in arrival order.
+pub trait OfflineStore: Send + Sync {
+    /// Appends a serialized stanza unless the user already has `limit` stored; false when full.
+    fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<bool, StoreError>;
+    /// The stored stanzas, oldest first, with the keys that remove them.
+    fn list(&self, user: &BareJid) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    fn remove(&self, user: &BareJid, keys: &[u64]) -> Result<(), StoreError>;
+    fn count(&self, user: &BareJid) -> Result<usize, StoreError>;
+    fn delete_user(&self, user: &BareJid) -> Result<(), StoreError>;
+}
+
 /// Making accepted writes durable. Blocking: call through `Stores::flush`.
 pub trait Durability: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
@@ -64,6 +160,8 @@ pub trait Durability: Send + Sync {
 #[derive(Clone)]
 pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
+    pub rosters: Arc<dyn RosterStore>,
+    pub offline: Arc<dyn OfflineStore>,
     durability: Arc<dyn Durability>,
 }
 
@@ -73,6 +171,8 @@ impl Stores {
         let backend = Arc::new(sled::SledBackend::open(dir)?);
         Ok(Stores {
             accounts: backend.clone(),
+            rosters: backend.clone(),
+            offline: backend.clone(),
             durability: backend,
         })
     }

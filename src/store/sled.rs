@@ -3,12 +3,18 @@
 //! Layout (schema 1):
 //! - `meta`: `schema_version` → u32 big-endian.
 //! - `accounts`: `<localpart>@<domain>` → `[1]` + JSON of `StoredCredentials`.
+//! - `rosters`: `<user>\0` → roster version (u64 big-endian); `<user>\0<contact>` → `[1]` + JSON of
+//!   `RosterItem`.
+//! - `offline`: `<user>\0` + id (u64 big-endian, from sled's monotonic id generator) → `[1]` + the
+//!   stanza as sent. Ids grow, so a prefix scan returns a user's messages in arrival order.
 
 use std::path::Path;
 
 use jid::BareJid;
 
-use super::{AccountStore, Durability, StoreError, StoredCredentials};
+use super::{
+    AccountStore, Durability, OfflineStore, RosterItem, RosterStore, StoreError, StoredCredentials,
+};
 
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -17,6 +23,8 @@ const VALUE_VERSION: u8 = 1;
 pub struct SledBackend {
     db: sled::Db,
     accounts: sled::Tree,
+    rosters: sled::Tree,
+    offline: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -66,7 +74,14 @@ impl SledBackend {
             }
         }
         let accounts = db.open_tree("accounts").map_err(backend)?;
-        Ok(SledBackend { db, accounts })
+        let rosters = db.open_tree("rosters").map_err(backend)?;
+        let offline = db.open_tree("offline").map_err(backend)?;
+        Ok(SledBackend {
+            db,
+            accounts,
+            rosters,
+            offline,
+        })
     }
 }
 
@@ -148,6 +163,182 @@ impl AccountStore for SledBackend {
     }
 }
 
+/// `<user>\0`: the prefix of every key of one user in a per-user tree.
+fn user_prefix(user: &BareJid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(user.as_str().len() + 1);
+    key.extend_from_slice(user.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+fn contact_key(user: &BareJid, contact: &BareJid) -> Vec<u8> {
+    let mut key = user_prefix(user);
+    key.extend_from_slice(contact.as_str().as_bytes());
+    key
+}
+
+fn decode_item(key: &[u8], value: &[u8]) -> Result<RosterItem, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        key: format!("rosters/{}", String::from_utf8_lossy(key)),
+        message,
+    };
+    match value.split_first() {
+        Some((&VALUE_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+        }
+        _ => Err(corrupt("unknown value version".into())),
+    }
+}
+
+fn tx_abort(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => backend(e),
+    }
+}
+
+impl SledBackend {
+    /// Runs `change` on one roster key and bumps the roster version, atomically.
+    fn change_roster(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+        value: Option<Vec<u8>>,
+    ) -> Result<u64, StoreError> {
+        let version_key = user_prefix(user);
+        let item_key = contact_key(user, contact);
+        self.rosters
+            .transaction(|tx| {
+                let version = tx
+                    .get(&version_key)?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0)
+                    + 1;
+                tx.insert(version_key.as_slice(), &version.to_be_bytes())?;
+                match &value {
+                    Some(v) => {
+                        tx.insert(item_key.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        tx.remove(item_key.as_slice())?;
+                    }
+                }
+                Ok(version)
+            })
+            .map_err(tx_abort)
+    }
+
+    fn delete_prefix(tree: &sled::Tree, prefix: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for item in tree.scan_prefix(prefix) {
+            let (key, _) = item.map_err(backend)?;
+            batch.remove(key);
+        }
+        tree.apply_batch(batch).map_err(backend)
+    }
+}
+
+impl RosterStore for SledBackend {
+    fn roster(&self, user: &BareJid) -> Result<(u64, Vec<RosterItem>), StoreError> {
+        let prefix = user_prefix(user);
+        let mut version = 0;
+        let mut items = Vec::new();
+        for entry in self.rosters.scan_prefix(&prefix) {
+            let (key, value) = entry.map_err(backend)?;
+            if key.len() == prefix.len() {
+                version = <[u8; 8]>::try_from(value.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+            } else {
+                items.push(decode_item(&key, &value)?);
+            }
+        }
+        Ok((version, items))
+    }
+
+    fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>, StoreError> {
+        let key = contact_key(user, contact);
+        match self.rosters.get(&key).map_err(backend)? {
+            Some(value) => decode_item(&key, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&self, user: &BareJid, item: &RosterItem) -> Result<u64, StoreError> {
+        let contact = BareJid::new(&item.jid)
+            .map_err(|e| StoreError::Backend(format!("roster item JID: {e}")))?;
+        let mut value = vec![VALUE_VERSION];
+        serde_json::to_writer(&mut value, item).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.change_roster(user, &contact, Some(value))
+    }
+
+    fn remove(&self, user: &BareJid, contact: &BareJid) -> Result<u64, StoreError> {
+        self.change_roster(user, contact, None)
+    }
+
+    fn delete_user(&self, user: &BareJid) -> Result<(), StoreError> {
+        Self::delete_prefix(&self.rosters, &user_prefix(user))
+    }
+}
+
+impl OfflineStore for SledBackend {
+    fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<bool, StoreError> {
+        if self.count(user)? >= limit {
+            return Ok(false);
+        }
+        let id = self.db.generate_id().map_err(backend)?;
+        let mut key = user_prefix(user);
+        key.extend_from_slice(&id.to_be_bytes());
+        let mut value = Vec::with_capacity(stanza.len() + 1);
+        value.push(VALUE_VERSION);
+        value.extend_from_slice(stanza);
+        self.offline.insert(key, value).map_err(backend)?;
+        Ok(true)
+    }
+
+    fn list(&self, user: &BareJid) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let prefix = user_prefix(user);
+        let mut out = Vec::new();
+        for entry in self.offline.scan_prefix(&prefix) {
+            let (key, value) = entry.map_err(backend)?;
+            let id = key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            match (id, value.split_first()) {
+                (Some(id), Some((&VALUE_VERSION, stanza))) => out.push((id, stanza.to_vec())),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        key: format!("offline/{user}"),
+                        message: "unreadable entry".into(),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, user: &BareJid, keys: &[u64]) -> Result<(), StoreError> {
+        let prefix = user_prefix(user);
+        let mut batch = sled::Batch::default();
+        for id in keys {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&id.to_be_bytes());
+            batch.remove(key);
+        }
+        self.offline.apply_batch(batch).map_err(backend)
+    }
+
+    fn count(&self, user: &BareJid) -> Result<usize, StoreError> {
+        Ok(self.offline.scan_prefix(user_prefix(user)).count())
+    }
+
+    fn delete_user(&self, user: &BareJid) -> Result<(), StoreError> {
+        Self::delete_prefix(&self.offline, &user_prefix(user))
+    }
+}
+
 impl Durability for SledBackend {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(backend)
@@ -181,10 +372,56 @@ mod tests {
         }
         let s = SledBackend::open(dir.path()).unwrap();
         assert_eq!(s.get(&alice).unwrap(), Some(creds("c")));
-        assert_eq!(s.list("example.org").unwrap(), vec![alice.clone()]);
-        assert!(s.list("other.org").unwrap().is_empty());
+        assert_eq!(
+            AccountStore::list(&s, "example.org").unwrap(),
+            vec![alice.clone()]
+        );
+        assert!(AccountStore::list(&s, "other.org").unwrap().is_empty());
         assert!(s.delete(&alice).unwrap());
         assert!(!s.delete(&alice).unwrap());
+    }
+
+    #[test]
+    fn roster_items_and_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledBackend::open(dir.path()).unwrap();
+        let alice = BareJid::new("alice@example.org").unwrap();
+        let bob = BareJid::new("bob@example.org").unwrap();
+        let item = RosterItem {
+            jid: bob.to_string(),
+            listed: true,
+            ..Default::default()
+        };
+        assert_eq!(s.roster(&alice).unwrap(), (0, vec![]));
+        assert_eq!(s.put(&alice, &item).unwrap(), 1);
+        assert_eq!(RosterStore::remove(&s, &alice, &bob).unwrap(), 2);
+        assert_eq!(s.put(&alice, &item).unwrap(), 3);
+        assert_eq!(s.roster(&alice).unwrap(), (3, vec![item.clone()]));
+        assert_eq!(s.item(&alice, &bob).unwrap(), Some(item));
+        // Another user's prefix is not confused with alice's.
+        assert_eq!(
+            s.roster(&BareJid::new("alic@example.org").unwrap())
+                .unwrap(),
+            (0, vec![])
+        );
+        RosterStore::delete_user(&s, &alice).unwrap();
+        assert_eq!(s.roster(&alice).unwrap(), (0, vec![]));
+    }
+
+    #[test]
+    fn offline_messages_keep_order_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledBackend::open(dir.path()).unwrap();
+        let bob = BareJid::new("bob@example.org").unwrap();
+        for i in 0..3 {
+            assert!(s.push(&bob, format!("m{i}").as_bytes(), 3).unwrap());
+        }
+        assert!(!s.push(&bob, b"m3", 3).unwrap());
+        let stored = OfflineStore::list(&s, &bob).unwrap();
+        let bodies: Vec<&[u8]> = stored.iter().map(|(_, b)| b.as_slice()).collect();
+        assert_eq!(bodies, vec![&b"m0"[..], b"m1", b"m2"]);
+        OfflineStore::remove(&s, &bob, &[stored[0].0]).unwrap();
+        assert_eq!(s.count(&bob).unwrap(), 2);
     }
 
     #[test]
