@@ -17,6 +17,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub registration: RegistrationConfig,
     pub auth: AuthConfig,
+    pub offline: OfflineConfig,
     pub admin: AdminConfig,
 }
 
@@ -127,6 +128,20 @@ impl Default for AuthConfig {
             argon2_iterations: 2,
             failure_delay_ms: 250,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineConfig {
+    /// Messages kept per user while they are offline (XEP-0160); beyond it senders get
+    /// `<service-unavailable/>`.
+    pub max_messages: usize,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        OfflineConfig { max_messages: 1000 }
     }
 }
 

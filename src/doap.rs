@@ -74,9 +74,8 @@ mod tests {
         let committed =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/xeps/doap.xml"))
                 .unwrap_or_default();
-        assert_eq!(
-            committed,
-            super::render(),
+        assert!(
+            committed == super::render(),
             "xeps/doap.xml is stale: run `cargo run -- doap > xeps/doap.xml`"
         );
     }

@@ -13,6 +13,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "disco",
     disco_features: &[ns::DISCO_INFO, ns::DISCO_ITEMS],
+    stream_features: &[],
     specs: &[Spec::xep(
         30,
         "2.5.0",

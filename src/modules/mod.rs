@@ -3,8 +3,12 @@
 //! declarations, so what is advertised is what runs.
 
 pub mod disco;
+pub mod offline;
 pub mod ping;
+pub mod presence;
 pub mod register;
+pub mod roster;
+pub mod stanza_id;
 pub mod time;
 pub mod version;
 
@@ -19,6 +23,8 @@ pub struct Module {
     pub name: &'static str,
     /// `<feature var=.../>` entries for the server's disco#info.
     pub disco_features: &'static [&'static str],
+    /// Stream features offered once the client has authenticated (serialized elements).
+    pub stream_features: &'static [&'static str],
     /// Specifications implemented, for `xeps/` and DOAP.
     pub specs: &'static [Spec],
 }
@@ -84,6 +90,7 @@ impl Spec {
 pub const AUTH: Module = Module {
     name: "auth",
     disco_features: &[],
+    stream_features: &[],
     specs: &[
         Spec::rfc(
             4616,
@@ -107,6 +114,7 @@ pub const AUTH: Module = Module {
 pub const ROUTING: Module = Module {
     name: "routing",
     disco_features: &[],
+    stream_features: &[],
     specs: &[
         Spec::rfc(6121, Support::Partial, "delivery between local sessions and the legacy session iq; roster, presence and offline storage not yet"),
         Spec::rfc(7622, Support::Partial, "JIDs normalized with RFC 6122 stringprep rules (jid crate), not PRECIS"),
@@ -123,6 +131,9 @@ pub const MODULES: &[&Module] = &[
     &version::MODULE,
     &time::MODULE,
     &register::MODULE,
+    &roster::MODULE,
+    &offline::MODULE,
+    &stanza_id::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.
@@ -134,6 +145,13 @@ pub fn disco_features() -> Vec<&'static str> {
     features.sort_unstable();
     features.dedup();
     features
+}
+
+/// The stream features every module offers after authentication, in module order.
+pub fn stream_features() -> impl Iterator<Item = &'static str> {
+    MODULES
+        .iter()
+        .flat_map(|m| m.stream_features.iter().copied())
 }
 
 /// An iq result answering `iq`, addressed back to its sender.
@@ -195,6 +213,7 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
         (ns::VERSION, Target::Server) => version::handle(set, payload),
         (ns::TIME, Target::Server) => time::handle(set, payload),
         (ns::REGISTER, _) => register::handle(ctx, set, payload).await,
+        (ns::ROSTER, _) => roster::handle(ctx, set, payload).await,
         (ns::SESSION, Target::Server) if set => Ok(None),
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     };

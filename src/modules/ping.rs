@@ -9,6 +9,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "ping",
     disco_features: &[ns::PING],
+    stream_features: &[],
     specs: &[Spec::xep(
         199,
         "2.0.1",

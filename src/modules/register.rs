@@ -14,6 +14,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "register",
     disco_features: &[ns::REGISTER],
+    stream_features: &[],
     specs: &[Spec::xep(
         77,
         "2.4",

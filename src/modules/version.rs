@@ -9,6 +9,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "version",
     disco_features: &[ns::VERSION],
+    stream_features: &[],
     specs: &[Spec::xep(
         92,
         "1.1",

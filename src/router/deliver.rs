@@ -1,20 +1,22 @@
 //! Where a stanza from a local session goes (RFC 6120 §10, RFC 6121 §8.5): to the server's own
-//! handlers, to the sender's account, to another local session, or back as an error.
-//!
-//! This is the basic delivery the foundation needs; presence broadcast, priorities, offline storage
-//! and carbons are layered on here by the one-to-one chat work.
+//! handlers, to the sender's account, to other local sessions by the delivery rules, into offline
+//! storage, or back as an error.
 
 use bytes::Bytes;
 use jid::{BareJid, Jid};
 use minidom::Element;
 
-use crate::error::StanzaErrorCondition;
+use crate::error::{StanzaError, StanzaErrorCondition};
+use crate::modules::{offline, stanza_id};
 use crate::router::{Outbound, SessionHandle};
 use crate::session::SessionCtx;
 use crate::xml;
 
 /// Routes a stanza whose `from` was stamped and whose `to` was parsed.
 pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
+    if el.name() == "presence" {
+        return crate::modules::presence::outbound(ctx, el, to).await;
+    }
     let Some(to) = to else {
         // RFC 6120 §10.3: no 'to' means the server handles it on behalf of the sender's account.
         return to_server(ctx, el).await;
@@ -27,23 +29,26 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
         return to_server(ctx, el).await;
     }
     let bare = to.to_bare();
-    match to.resource() {
-        None if bare == ctx.jid.to_bare() => to_own_account(ctx, el).await,
-        None => to_bare(ctx, el, &bare).await,
-        Some(_) => match to
-            .try_as_full()
-            .ok()
-            .and_then(|full| ctx.state.router.get(full))
-        {
-            Some(session) => send(&el, std::slice::from_ref(&session)).await,
+    match to.try_as_full() {
+        Err(_) if bare == ctx.jid.to_bare() && el.name() == "iq" => {
+            crate::modules::account_iq(ctx, el).await
+        }
+        Err(_) => to_bare(ctx, el, &bare).await,
+        Ok(full) => match ctx.state.router.get(full) {
+            // RFC 6121 §8.5.3.1: the resource matches a connected session.
+            // An iq get/set reaches another account's resource only if that account shares presence
+            // with the sender (RFC 6121 §8.5.3.1); otherwise it would reveal who is online.
+            Some(_) if is_request(&el) && !shares_presence(ctx, &bare) => {
+                refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await
+            }
+            Some(session) => deliver(ctx, el, &bare, std::slice::from_ref(&session)).await,
             None => match el.name() {
-                // RFC 6121 §8.5.3.2.1: a normal or chat message to an unavailable resource is treated as
-                // sent to the bare JID.
+                // §8.5.3.2.1: a normal or chat message to an unavailable resource is treated as sent to
+                // the bare JID.
                 "message" if matches!(el.attr("type"), None | Some("normal" | "chat")) => {
                     to_bare(ctx, el, &bare).await
                 }
-                // RFC 6121 §8.5.3.2.2: presence, headline and error messages to it are ignored.
-                "presence" => {}
+                // §8.5.3.2.1: headline and error messages to it are silently ignored.
                 "message" if matches!(el.attr("type"), Some("headline" | "error")) => {}
                 _ => refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await,
             },
@@ -53,61 +58,102 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
 
 /// A stanza for the server itself.
 async fn to_server(ctx: &SessionCtx, el: Element) {
-    // RFC 6121 §8.5.1: a message to the server is ignored (or answered with an error); presence
-    // without 'to' is a broadcast, which the presence module will handle.
+    // RFC 6121 §8.5.1 (and §10.3 of RFC 6120): a message to the server is ignored.
     if el.name() == "iq" {
         crate::modules::server_iq(ctx, el).await
     }
 }
 
-/// A stanza to the sender's own bare JID: the server answers for the account.
-async fn to_own_account(ctx: &SessionCtx, el: Element) {
-    match el.name() {
-        "iq" => crate::modules::account_iq(ctx, el).await,
-        "message" => to_bare(ctx, el, &ctx.jid.to_bare()).await,
-        _ => {}
-    }
-}
-
-/// A stanza to another local account's bare JID.
+/// A message or iq to a local account's bare JID (RFC 6121 §8.5.2).
 async fn to_bare(ctx: &SessionCtx, el: Element, bare: &BareJid) {
     match ctx.state.accounts.exists(bare) {
         Ok(true) => {}
-        Ok(false) => {
-            // RFC 6121 §8.5.1: no such user.
-            if el.name() != "presence" {
-                refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await;
-            }
-            return;
-        }
-        Err(err) => {
-            return refuse(ctx, &el, crate::error::StanzaError::from(err)).await;
-        }
+        // §8.5.1: no such user.
+        Ok(false) => return refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await,
+        Err(err) => return refuse(ctx, &el, StanzaError::from(err)).await,
     }
-    match el.name() {
-        // RFC 6121 §8.5.2.1.3 (an iq to a bare JID is handled by the server for that account): none
-        // of the account-level namespaces of other users are served yet.
-        "iq" => refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await,
-        "message" => {
-            let sessions = ctx.state.router.resources(bare);
-            if sessions.is_empty() {
-                // Offline storage comes with the one-to-one chat work; until then the sender learns
-                // at once that nothing was delivered.
-                refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await;
-            } else {
-                send(&el, &sessions).await;
-            }
-        }
-        _ => {
-            let sessions = ctx.state.router.resources(bare);
-            send(&el, &sessions).await;
-        }
+    if el.name() == "iq" {
+        // §8.5.2.1.3: an iq to another user's bare JID is handled by the server for that account;
+        // no account-level namespaces of other users are served yet.
+        return refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await;
+    }
+    let available = ctx.state.router.available(bare);
+    let non_negative: Vec<SessionHandle> = available
+        .into_iter()
+        .filter(|s| s.presence.priority() >= 0)
+        .collect();
+    match el.attr("type").unwrap_or("normal") {
+        // §8.5.2.1.1/§8.5.2.2.1: groupchat to a bare JID is an error.
+        "groupchat" => refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await,
+        // Headlines go to every non-negative resource, or nowhere.
+        "headline" => deliver(ctx, el, bare, &non_negative).await,
+        // Errors go to the top resources, or nowhere (never stored, never answered).
+        "error" => deliver(ctx, el, bare, &highest(non_negative)).await,
+        // normal and chat: the most available resources (equal top priority), else offline storage.
+        _ if non_negative.is_empty() => store_offline(ctx, el, bare).await,
+        _ => deliver(ctx, el, bare, &highest(non_negative)).await,
     }
 }
 
-/// Serializes once and queues the same bytes for every recipient.
-async fn send(el: &Element, sessions: &[SessionHandle]) {
-    let bytes = Bytes::from(xml::serialize(el));
+fn is_request(el: &Element) -> bool {
+    el.name() == "iq" && matches!(el.attr("type"), Some("get" | "set"))
+}
+
+/// Whether `recipient` lets the sender see its presence: the same account, or a `from`/`both`
+/// subscription.
+fn shares_presence(ctx: &SessionCtx, recipient: &BareJid) -> bool {
+    let sender = ctx.jid.to_bare();
+    &sender == recipient
+        || ctx
+            .state
+            .stores
+            .rosters
+            .item(recipient, &sender)
+            .ok()
+            .flatten()
+            .is_some_and(|i| i.subscription.from())
+}
+
+/// The resources with the highest priority (RFC 6121 §8.5.2.1.1: "the most available resource(s)").
+fn highest(mut sessions: Vec<SessionHandle>) -> Vec<SessionHandle> {
+    let top = sessions.iter().map(|s| s.presence.priority()).max();
+    sessions.retain(|s| Some(s.presence.priority()) == top);
+    sessions
+}
+
+/// XEP-0160: keep the message for later, or tell the sender why not.
+async fn store_offline(ctx: &SessionCtx, mut el: Element, bare: &BareJid) {
+    if !offline::worth_storing(&el) {
+        // Chat states and the like are dropped for offline users (XEP-0160 §3, XEP-0085).
+        return;
+    }
+    stanza_id::stamp(&mut el, bare);
+    match offline::store(&ctx.state, bare, &el).await {
+        Ok(true) => {}
+        Ok(false) => {
+            refuse(
+                ctx,
+                &el,
+                StanzaError::with_text(
+                    StanzaErrorCondition::ServiceUnavailable,
+                    "the recipient's offline storage is full",
+                ),
+            )
+            .await
+        }
+        Err(err) => refuse(ctx, &el, StanzaError::from(err)).await,
+    }
+}
+
+/// Stamps messages with a stanza-id, serializes once, and queues the bytes for every recipient.
+async fn deliver(_ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[SessionHandle]) {
+    if sessions.is_empty() {
+        return;
+    }
+    if el.name() == "message" && el.attr("type") != Some("error") {
+        stanza_id::stamp(&mut el, bare);
+    }
+    let bytes = Bytes::from(xml::serialize(&el));
     if bytes.is_empty() {
         return;
     }
@@ -116,6 +162,6 @@ async fn send(el: &Element, sessions: &[SessionHandle]) {
     }
 }
 
-async fn refuse(ctx: &SessionCtx, el: &Element, error: impl Into<crate::error::StanzaError>) {
+async fn refuse(ctx: &SessionCtx, el: &Element, error: impl Into<StanzaError>) {
     ctx.reply_error(el, error).await;
 }

@@ -5,11 +5,13 @@
 pub mod deliver;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use jid::{BareJid, FullJid};
+use minidom::Element;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::StreamError;
@@ -37,8 +39,65 @@ pub enum Closing {
 pub struct SessionHandle {
     pub id: u64,
     pub jid: FullJid,
+    /// What other sessions need to know of this one's presence (RFC 6121 §4).
+    pub presence: Arc<PresenceState>,
     queue: mpsc::Sender<Outbound>,
     control: Arc<watch::Sender<Option<Closing>>>,
+}
+
+/// A session's presence as the rest of the server sees it. Written by the session's own task,
+/// read by others when routing (priorities), answering probes and pushing roster changes.
+#[derive(Default)]
+pub struct PresenceState {
+    /// Sent available presence and not unavailable since ("available resource", RFC 6121 §4.1).
+    available: AtomicBool,
+    priority: AtomicI32,
+    /// Asked for the roster, so it gets roster pushes ("interested resource", RFC 6121 §2.1.6).
+    interested: AtomicBool,
+    /// The last available presence broadcast, without `to`, for answering probes.
+    last: Mutex<Option<Element>>,
+}
+
+impl PresenceState {
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Acquire)
+    }
+
+    pub fn priority(&self) -> i32 {
+        self.priority.load(Ordering::Acquire)
+    }
+
+    pub fn is_interested(&self) -> bool {
+        self.interested.load(Ordering::Acquire)
+    }
+
+    pub fn set_interested(&self) {
+        self.interested.store(true, Ordering::Release);
+    }
+
+    /// Records an available presence (with its priority) as the one probes are answered with.
+    pub fn set_available(&self, priority: i32, presence: Element) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(presence);
+        }
+        self.priority.store(priority, Ordering::Release);
+        self.available.store(true, Ordering::Release);
+    }
+
+    pub fn set_unavailable(&self) {
+        self.available.store(false, Ordering::Release);
+        if let Ok(mut last) = self.last.lock() {
+            *last = None;
+        }
+    }
+
+    /// The last available presence, if the session is available.
+    pub fn last(&self) -> Option<Element> {
+        if !self.is_available() {
+            return None;
+        }
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
 }
 
 /// How long a sender waits on a full recipient queue before giving up on that recipient.
@@ -54,6 +113,7 @@ impl SessionHandle {
         SessionHandle {
             id,
             jid,
+            presence: Arc::new(PresenceState::default()),
             queue,
             control: Arc::new(control),
         }
@@ -145,6 +205,20 @@ impl Router {
             .ok()
             .and_then(|map| map.get(jid).cloned())
             .unwrap_or_default()
+    }
+
+    /// The available sessions of an account (RFC 6121 §4.1 "available resources").
+    pub fn available(&self, jid: &BareJid) -> Vec<SessionHandle> {
+        let mut sessions = self.resources(jid);
+        sessions.retain(|s| s.presence.is_available());
+        sessions
+    }
+
+    /// The sessions of an account that asked for the roster and so get roster pushes.
+    pub fn interested(&self, jid: &BareJid) -> Vec<SessionHandle> {
+        let mut sessions = self.resources(jid);
+        sessions.retain(|s| s.presence.is_interested());
+        sessions
     }
 
     /// Closes every session of an account (account deleted).

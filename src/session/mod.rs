@@ -24,6 +24,15 @@ pub struct SessionCtx {
     pub state: Arc<ServerState>,
     pub jid: FullJid,
     pub handle: SessionHandle,
+    /// State only this session's task touches (never held across an await).
+    pub local: std::sync::Mutex<SessionLocal>,
+}
+
+/// Per-session state that other sessions do not need.
+#[derive(Default)]
+pub struct SessionLocal {
+    /// Entities that got directed presence and must hear when this session goes away (RFC 6121 §4.6).
+    pub directed: std::collections::HashSet<jid::Jid>,
 }
 
 impl SessionCtx {
@@ -73,6 +82,7 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
         state: state.clone(),
         jid: jid.clone(),
         handle,
+        local: Default::default(),
     };
     tracing::debug!(%peer, jid = %jid, tls, "session started");
 
@@ -112,6 +122,13 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
                 ctx.handle.close(Closing::Error(err.into()));
                 break;
             }
+        }
+    }
+    // Unavailable presence for a session that ends without saying so (RFC 6121 §4.5.3), unless a new
+    // connection took over this full JID: then the resource did not go away.
+    if state.router.get(&jid).map(|h| h.id) == Some(id) {
+        if let Err(err) = crate::modules::presence::go_unavailable(&ctx, None).await {
+            tracing::error!(error = %err, jid = %jid, "unavailable broadcast failed");
         }
     }
     state.router.unregister(&jid, id);

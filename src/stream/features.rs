@@ -10,6 +10,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "stream",
     disco_features: &[],
+    stream_features: &[],
     specs: &[
         Spec::rfc(
             6120,
@@ -65,6 +66,9 @@ pub(super) fn render(n: &Negotiation) -> Vec<u8> {
         }
         Stage::Authenticated => {
             out.push_str("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>");
+            for feature in crate::modules::stream_features() {
+                out.push_str(feature);
+            }
             out.push_str(
                 "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>",
             );

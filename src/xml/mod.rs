@@ -26,6 +26,10 @@ pub mod ns {
     pub const VERSION: &str = "jabber:iq:version";
     pub const TIME: &str = "urn:xmpp:time";
     pub const DATA_FORMS: &str = "jabber:x:data";
+    pub const ROSTER: &str = "jabber:iq:roster";
+    pub const DELAY: &str = "urn:xmpp:delay";
+    pub const HINTS: &str = "urn:xmpp:hints";
+    pub const STANZA_ID: &str = "urn:xmpp:sid:0";
 }
 
 /// Escapes text for use in element content or a single- or double-quoted attribute value.
@@ -57,6 +61,16 @@ pub fn serialize(el: &Element) -> Vec<u8> {
         out.clear();
     }
     out
+}
+
+/// Keeps only the child elements for which `keep` is true (text and other nodes stay).
+pub fn retain_children(el: &mut Element, keep: impl Fn(&Element) -> bool) {
+    for node in el.take_nodes() {
+        match &node {
+            minidom::Node::Element(child) if !keep(child) => {}
+            _ => el.append_node(node),
+        }
+    }
 }
 
 /// The opening of the server's stream (RFC 6120 §4.7), sent in answer to a client's header.

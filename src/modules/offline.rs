@@ -1,0 +1,164 @@
+//! XEP-0160 offline messages: a message for a user with no available resource that may receive it is
+//! stored durably (with a XEP-0203 delay stamp) and delivered, in order and once, when the user next
+//! sends available presence with a non-negative priority.
+
+use bytes::Bytes;
+use jid::BareJid;
+use minidom::Element;
+
+use super::{Module, Spec, Support};
+use crate::error::set_attr;
+use crate::router::Outbound;
+use crate::server::ServerState;
+use crate::session::SessionCtx;
+use crate::store::StoreError;
+use crate::xml::{self, ns};
+
+pub const MODULE: Module = Module {
+    name: "offline",
+    disco_features: &["msgoffline"],
+    stream_features: &[],
+    specs: &[
+        Spec::xep(
+            160,
+            "1.0.1",
+            Support::Complete,
+            "durable per-user queue with a limit ([offline] max_messages)",
+        ),
+        Spec::xep(
+            203,
+            "2.0",
+            Support::Complete,
+            "delay stamps on messages delivered from offline storage",
+        ),
+        Spec::xep(
+            334,
+            "1.0.0",
+            Support::Partial,
+            "no-store and store hints for offline storage",
+        ),
+    ],
+};
+
+/// Payload namespaces that make a message worth keeping for an offline user even without a body:
+/// receipts and markers (the ticks), encrypted bodies, corrections, retractions, reactions, invites.
+const KEEP_NAMESPACES: &[&str] = &[
+    "urn:xmpp:receipts",
+    "urn:xmpp:chat-markers:0",
+    "eu.siacs.conversations.axolotl",
+    "urn:xmpp:omemo:2",
+    "urn:xmpp:openpgp:0",
+    "urn:xmpp:message-correct:0",
+    "urn:xmpp:message-retract:1",
+    "urn:xmpp:fasten:0",
+    "urn:xmpp:reactions:0",
+    "jabber:x:conference",
+    "http://jabber.org/protocol/muc#user",
+    "urn:xmpp:jingle-message:0",
+];
+
+/// Whether a message should be stored for an offline recipient (XEP-0160 §3, XEP-0334).
+pub fn worth_storing(message: &Element) -> bool {
+    if !matches!(message.attr("type"), None | Some("normal" | "chat")) {
+        return false;
+    }
+    if message.has_child("no-store", ns::HINTS) {
+        return false;
+    }
+    message.has_child("store", ns::HINTS)
+        || message.has_child("body", ns::CLIENT)
+        || message
+            .children()
+            .any(|c| KEEP_NAMESPACES.contains(&c.ns().as_str()))
+}
+
+/// Stores a message for `user`; false when the user's queue is full. Durable when it returns.
+pub async fn store(
+    state: &ServerState,
+    user: &BareJid,
+    message: &Element,
+) -> Result<bool, StoreError> {
+    let mut stamped = message.clone();
+    // A client may not forge our stamp (XEP-0203 §5): drop delays claiming to be from this server.
+    xml::retain_children(&mut stamped, |c| {
+        !(c.is("delay", ns::DELAY) && c.attr("from") == Some(state.domain.as_str()))
+    });
+    let mut delay = Element::bare("delay", ns::DELAY);
+    set_attr(&mut delay, "from", &state.domain);
+    set_attr(&mut delay, "stamp", &now_stamp());
+    delay.append_text("Offline storage");
+    stamped.append_child(delay);
+    let stored = state.stores.offline.push(
+        user,
+        &xml::serialize(&stamped),
+        state.config.offline.max_messages,
+    )?;
+    if stored {
+        state.stores.flush().await?;
+    }
+    Ok(stored)
+}
+
+/// Delivers and removes everything stored for the session's user, oldest first.
+pub async fn deliver(ctx: &SessionCtx) -> Result<(), StoreError> {
+    let user = ctx.jid.to_bare();
+    let stored = ctx.state.stores.offline.list(&user)?;
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let mut delivered = Vec::with_capacity(stored.len());
+    for (key, stanza) in stored {
+        if !ctx.handle.send(Outbound::Stanza(Bytes::from(stanza))).await {
+            break;
+        }
+        delivered.push(key);
+    }
+    ctx.state.stores.offline.remove(&user, &delivered)?;
+    ctx.state.stores.flush().await?;
+    tracing::debug!(jid = %ctx.jid, count = delivered.len(), "delivered offline messages");
+    Ok(())
+}
+
+/// Now in the XEP-0082 DateTime profile, UTC with milliseconds.
+pub fn now_stamp() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(xml: &str) -> Element {
+        xml.parse().unwrap()
+    }
+
+    #[test]
+    fn what_is_worth_storing() {
+        assert!(worth_storing(&el(
+            "<message xmlns='jabber:client' type='chat'><body>hi</body></message>"
+        )));
+        assert!(worth_storing(&el(
+            "<message xmlns='jabber:client'><body>hi</body></message>"
+        )));
+        assert!(worth_storing(&el(
+            "<message xmlns='jabber:client' type='chat'><received xmlns='urn:xmpp:receipts' id='x'/></message>"
+        )));
+        assert!(worth_storing(&el(
+            "<message xmlns='jabber:client' type='chat'><displayed xmlns='urn:xmpp:chat-markers:0' id='x'/></message>"
+        )));
+        assert!(!worth_storing(&el(
+            "<message xmlns='jabber:client' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        )));
+        assert!(!worth_storing(&el(
+            "<message xmlns='jabber:client' type='headline'><body>x</body></message>"
+        )));
+        assert!(!worth_storing(&el(
+            "<message xmlns='jabber:client' type='groupchat'><body>x</body></message>"
+        )));
+        assert!(!worth_storing(&el(
+            "<message xmlns='jabber:client' type='chat'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>"
+        )));
+    }
+}
