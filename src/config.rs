@@ -65,6 +65,8 @@ pub struct C2sConfig {
     pub max_auth_attempts: u32,
     /// Stanzas queued for one session before senders wait (back-pressure).
     pub session_queue: usize,
+    /// Seconds a session with XEP-0198 resumption is kept after its connection is lost.
+    pub resume_timeout: u64,
 }
 
 impl Default for C2sConfig {
@@ -77,6 +79,7 @@ impl Default for C2sConfig {
             auth_timeout: 60,
             max_auth_attempts: 3,
             session_queue: 512,
+            resume_timeout: 300,
         }
     }
 }

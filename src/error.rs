@@ -22,6 +22,7 @@ pub enum StreamErrorCondition {
     ResourceConstraint,
     RestrictedXml,
     SystemShutdown,
+    UndefinedCondition,
     UnsupportedEncoding,
     UnsupportedStanzaType,
     UnsupportedVersion,
@@ -46,6 +47,7 @@ impl StreamErrorCondition {
             ResourceConstraint => "resource-constraint",
             RestrictedXml => "restricted-xml",
             SystemShutdown => "system-shutdown",
+            UndefinedCondition => "undefined-condition",
             UnsupportedEncoding => "unsupported-encoding",
             UnsupportedStanzaType => "unsupported-stanza-type",
             UnsupportedVersion => "unsupported-version",
@@ -58,6 +60,8 @@ impl StreamErrorCondition {
 pub struct StreamError {
     pub condition: StreamErrorCondition,
     pub text: Option<String>,
+    /// An application-specific condition element, serialized (RFC 6120 §4.9.4).
+    pub extra: Option<String>,
 }
 
 impl StreamError {
@@ -65,6 +69,7 @@ impl StreamError {
         StreamError {
             condition,
             text: None,
+            extra: None,
         }
     }
 
@@ -72,6 +77,7 @@ impl StreamError {
         StreamError {
             condition,
             text: Some(text.into()),
+            extra: None,
         }
     }
 
@@ -85,6 +91,9 @@ impl StreamError {
             out.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>");
             out.push_str(&crate::xml::escape(text));
             out.push_str("</text>");
+        }
+        if let Some(extra) = &self.extra {
+            out.push_str(extra);
         }
         out.push_str("</stream:error></stream:stream>");
         out.into_bytes()

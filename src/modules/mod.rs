@@ -134,6 +134,7 @@ pub const MODULES: &[&Module] = &[
     &roster::MODULE,
     &offline::MODULE,
     &stanza_id::MODULE,
+    &crate::session::sm::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.

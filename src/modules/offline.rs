@@ -99,6 +99,35 @@ pub async fn store(
     Ok(stored)
 }
 
+/// Stores what a session that ended had not delivered or had not seen acknowledged (XEP-0198 §4):
+/// the messages worth keeping go back to the user's offline queue, the rest is dropped.
+pub async fn store_undelivered(state: &ServerState, user: &BareJid, stanzas: Vec<Bytes>) {
+    let mut kept = 0;
+    for bytes in stanzas {
+        let Ok(el) = std::str::from_utf8(&bytes)
+            .unwrap_or_default()
+            .parse::<Element>()
+        else {
+            continue;
+        };
+        if el.name() != "message" || !worth_storing(&el) {
+            continue;
+        }
+        match store(state, user, &el).await {
+            Ok(true) => kept += 1,
+            Ok(false) => {
+                tracing::warn!(user = %user, "offline storage full; an unacknowledged message is dropped")
+            }
+            Err(err) => {
+                tracing::error!(user = %user, error = %err, "cannot store an unacknowledged message")
+            }
+        }
+    }
+    if kept > 0 {
+        tracing::info!(user = %user, kept, "stored unacknowledged messages offline");
+    }
+}
+
 /// Delivers and removes everything stored for the session's user, oldest first.
 pub async fn deliver(ctx: &SessionCtx) -> Result<(), StoreError> {
     let user = ctx.jid.to_bare();

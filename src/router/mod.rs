@@ -19,10 +19,12 @@ use crate::error::StreamError;
 /// What a session's writer is told to send.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A serialized stanza.
+    /// A serialized stanza (counted by stream management).
     Stanza(Bytes),
-    /// Close the stream cleanly after everything queued before.
-    End,
+    /// A serialized nonza, such as a stream management ack (not counted).
+    Nonza(Bytes),
+    /// `<enabled/>`: stanzas written after it are counted (XEP-0198 §4).
+    EnableSm(Bytes),
 }
 
 /// How a session is told to stop, out of band of its queue.
@@ -153,6 +155,8 @@ impl SessionHandle {
 #[derive(Default)]
 pub struct Router {
     sessions: RwLock<HashMap<BareJid, Vec<SessionHandle>>>,
+    /// Sessions that can be resumed (XEP-0198), by SM-ID.
+    resumable: Mutex<HashMap<String, crate::session::sm::ResumeHandle>>,
 }
 
 impl Router {
@@ -226,6 +230,23 @@ impl Router {
         for handle in self.resources(jid) {
             handle.close(closing.clone());
         }
+    }
+
+    pub fn add_resumable(&self, id: String, handle: crate::session::sm::ResumeHandle) {
+        if let Ok(mut map) = self.resumable.lock() {
+            map.insert(id, handle);
+        }
+    }
+
+    pub fn remove_resumable(&self, id: &str) {
+        if let Ok(mut map) = self.resumable.lock() {
+            map.remove(id);
+        }
+    }
+
+    /// The session a resumption names, if it is still resumable.
+    pub fn resumable(&self, id: &str) -> Option<crate::session::sm::ResumeHandle> {
+        self.resumable.lock().ok()?.get(id).cloned()
     }
 
     /// Number of bound sessions.

@@ -1,15 +1,23 @@
 //! A bound client session: reads stanzas and hands them to the router and the server's handlers,
 //! and writes what is queued for it. Two tasks per connection: this reader loop, and a writer that
 //! owns the socket's write half and batches queued stanzas into few writes.
+//!
+//! With XEP-0198 resumption a session outlives its connection: when the connection is lost the
+//! session hibernates (queueing what arrives) until the client resumes on a new connection or
+//! `[c2s] resume_timeout` passes. Whatever the client never acknowledged is stored offline.
 
-use std::sync::Arc;
+pub mod sm;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use jid::FullJid;
 use minidom::Element;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::error::{
     set_attr, StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition,
@@ -17,7 +25,10 @@ use crate::error::{
 use crate::router::{Closing, Outbound, SessionHandle};
 use crate::server::ServerState;
 use crate::stream::Bound;
-use crate::xml::{self, ns, XmlError, XmlEvent};
+use crate::transport::Transport;
+use crate::xml::{self, ns, XmlError, XmlEvent, XmlReader};
+
+use sm::{ResumeHandle, ResumeRequest, Unacked};
 
 /// What handlers see of the session that sent a stanza.
 pub struct SessionCtx {
@@ -52,17 +63,17 @@ impl SessionCtx {
     }
 }
 
-/// Runs a session until its stream ends.
+/// Runs a session until its stream ends for good.
 pub async fn run(state: Arc<ServerState>, bound: Bound) {
     let Bound {
         jid,
-        mut reader,
+        reader,
         writer,
         peer,
         tls,
     } = bound;
-    let (queue_tx, queue_rx) = mpsc::channel(state.config.c2s.session_queue);
-    let (control_tx, mut control_rx) = watch::channel(None);
+    let (queue_tx, queue) = mpsc::channel(state.config.c2s.session_queue);
+    let (control_tx, control) = watch::channel(None);
     let id = state.next_session_id();
     let handle = SessionHandle::new(id, jid.clone(), queue_tx, control_tx);
     if let Some(old) = state.router.register(handle.clone()) {
@@ -72,12 +83,6 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
             "replaced by a new connection",
         )));
     }
-    let writer_task = tokio::spawn(write_loop(
-        writer,
-        queue_rx,
-        control_rx.clone(),
-        state.shutdown.clone(),
-    ));
     let ctx = SessionCtx {
         state: state.clone(),
         jid: jid.clone(),
@@ -85,61 +90,409 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
         local: Default::default(),
     };
     tracing::debug!(%peer, jid = %jid, tls, "session started");
+    let (resume_tx, resume_rx) = mpsc::channel(1);
+    let mut session = Session {
+        ctx,
+        control,
+        shutdown: state.shutdown.clone(),
+        unacked: Arc::new(Mutex::new(Unacked::default())),
+        sm_enabled: false,
+        sm_id: None,
+        handled: 0,
+        resume_tx,
+        resume_rx,
+        pending: VecDeque::new(),
+    };
+    session.run(reader, writer, queue).await;
+}
 
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let event = tokio::select! {
-            event = reader.next() => event,
-            _ = control_rx.changed() => break,
-            _ = shutdown.changed() => {
-                ctx.handle.close(Closing::Error(StreamError::new(StreamErrorCondition::SystemShutdown)));
-                break;
+/// Why a connection of a session ended.
+enum End {
+    /// The client closed its stream: answer with ours.
+    Closed,
+    /// Close with these bytes (a stream error).
+    Error(StreamError),
+    /// Asked to close from outside (conflict, account removed).
+    Kicked(Closing),
+    /// The connection is gone without a goodbye: resumable, if enabled.
+    Lost,
+    /// A new connection resumes this session while this one still looks alive.
+    Resume(Box<ResumeRequest>),
+}
+
+/// One connection of a session: its reader here, its writer in a task.
+struct Connection {
+    reader: XmlReader<ReadHalf<Transport>>,
+    writer: JoinHandle<mpsc::Receiver<Outbound>>,
+    /// The queue, once the writer has ended by itself (the socket failed).
+    returned: Option<mpsc::Receiver<Outbound>>,
+    stop: watch::Sender<Option<Bytes>>,
+}
+
+struct Session {
+    ctx: SessionCtx,
+    control: watch::Receiver<Option<Closing>>,
+    shutdown: watch::Receiver<bool>,
+    unacked: Arc<Mutex<Unacked>>,
+    sm_enabled: bool,
+    /// The SM-ID when resumption is enabled.
+    sm_id: Option<String>,
+    /// Stanzas from the client handled so far (XEP-0198 `h`, mod 2^32).
+    handled: u32,
+    resume_tx: mpsc::Sender<ResumeRequest>,
+    resume_rx: mpsc::Receiver<ResumeRequest>,
+    /// Stanzas queued while hibernating, sent on resumption.
+    pending: VecDeque<Bytes>,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        reader: XmlReader<ReadHalf<Transport>>,
+        writer: WriteHalf<Transport>,
+        queue: mpsc::Receiver<Outbound>,
+    ) {
+        let mut connection = self.connect(reader, writer, queue, None, Vec::new());
+        let mut queue = loop {
+            let end = self.serve(&mut connection).await;
+            let resume = match end {
+                End::Closed => {
+                    break stop(connection, Some(Bytes::from_static(xml::STREAM_CLOSE))).await;
+                }
+                End::Error(err) => {
+                    break stop(connection, Some(Bytes::from(err.to_bytes()))).await;
+                }
+                End::Kicked(closing) => {
+                    let bytes = match closing {
+                        Closing::Error(err) => Bytes::from(err.to_bytes()),
+                        Closing::Quietly => Bytes::from_static(xml::STREAM_CLOSE),
+                    };
+                    break stop(connection, Some(bytes)).await;
+                }
+                End::Resume(request) => {
+                    // XEP-0198 §5: the old connection of a resumed session gets <conflict/>.
+                    let conflict = StreamError::with_text(
+                        StreamErrorCondition::Conflict,
+                        "the session was resumed elsewhere",
+                    );
+                    let queue = stop(connection, Some(Bytes::from(conflict.to_bytes()))).await;
+                    (*request, queue)
+                }
+                End::Lost => {
+                    let queue = stop(connection, None).await;
+                    if self.sm_id.is_none() {
+                        break queue;
+                    }
+                    match self.hibernate(queue).await {
+                        (Some(request), queue) => (request, queue),
+                        (None, queue) => break queue,
+                    }
+                }
+            };
+            match self.resume(resume.0, resume.1).await {
+                Ok(next) => connection = next,
+                Err(queue) => break queue,
             }
         };
-        match event {
-            Ok(XmlEvent::Element(el)) => {
-                if let Err(err) = handle_element(&ctx, el).await {
-                    ctx.handle.close(Closing::Error(err));
-                    break;
+        self.finish(&mut queue).await;
+    }
+
+    /// Starts the writer for a connection; `first` is written before anything else, then `resend`.
+    fn connect(
+        &self,
+        reader: XmlReader<ReadHalf<Transport>>,
+        writer: WriteHalf<Transport>,
+        queue: mpsc::Receiver<Outbound>,
+        first: Option<Bytes>,
+        resend: Vec<Bytes>,
+    ) -> Connection {
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let writer = tokio::spawn(write_loop(
+            writer,
+            queue,
+            stop_rx,
+            self.unacked.clone(),
+            first,
+            resend,
+        ));
+        Connection {
+            reader,
+            writer,
+            returned: None,
+            stop: stop_tx,
+        }
+    }
+
+    /// Reads and handles the client's stream until the connection ends.
+    async fn serve(&mut self, connection: &mut Connection) -> End {
+        loop {
+            let event = tokio::select! {
+                event = connection.reader.next() => event,
+                _ = self.control.changed() => {
+                    let closing = self.control.borrow().clone().unwrap_or(Closing::Quietly);
+                    return End::Kicked(closing);
+                }
+                _ = self.shutdown.changed() => return End::Error(StreamError::new(StreamErrorCondition::SystemShutdown)),
+                Some(request) = self.resume_rx.recv() => return End::Resume(Box::new(request)),
+                ended = &mut connection.writer, if connection.returned.is_none() => {
+                    if let Ok(queue) = ended {
+                        connection.returned = Some(queue);
+                    }
+                    return End::Lost;
+                }
+            };
+            match event {
+                Ok(XmlEvent::Element(el)) if el.ns() == sm::NS => {
+                    if let Err(err) = self.stream_management(&el).await {
+                        return End::Error(err);
+                    }
+                }
+                Ok(XmlEvent::Element(el)) => {
+                    if let Err(err) = handle_element(&self.ctx, el).await {
+                        return End::Error(err);
+                    }
+                    // Counted once handled, from <enable/> on: an ack covers only what was processed
+                    // (and stored).
+                    if self.sm_enabled {
+                        self.handled = self.handled.wrapping_add(1);
+                    }
+                }
+                Ok(XmlEvent::StreamClose) => return End::Closed,
+                Ok(XmlEvent::StreamOpen(_)) => {
+                    return End::Error(StreamError::new(StreamErrorCondition::BadFormat))
+                }
+                Err(XmlError::Eof | XmlError::Io(_)) => return End::Lost,
+                Err(err) => {
+                    tracing::info!(jid = %self.ctx.jid, error = %err, "closing session on bad input");
+                    return End::Error(err.into());
                 }
             }
-            Ok(XmlEvent::StreamClose) => {
-                ctx.handle.send(Outbound::End).await;
-                break;
+        }
+    }
+
+    /// XEP-0198 nonzas from the client: enable, request, answer.
+    async fn stream_management(&mut self, el: &Element) -> Result<(), StreamError> {
+        let out = |bytes: Bytes| self.ctx.handle.send(Outbound::Nonza(bytes));
+        match el.name() {
+            "enable" if self.sm_enabled => {
+                // §4: a second <enable/> is answered with failed and ends the stream.
+                out(sm::failed("unexpected-request", None)).await;
+                return Err(StreamError::with_text(
+                    StreamErrorCondition::PolicyViolation,
+                    "stream management is already enabled",
+                ));
             }
-            Ok(XmlEvent::StreamOpen(_)) => {
-                ctx.handle.close(Closing::Error(StreamError::new(
-                    StreamErrorCondition::BadFormat,
-                )));
-                break;
+            "enable" => {
+                self.sm_enabled = true;
+                let resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let enabled = if resume {
+                    let id = crate::modules::stanza_id::new_id();
+                    self.ctx.state.router.add_resumable(
+                        id.clone(),
+                        ResumeHandle {
+                            user: self.ctx.jid.to_bare(),
+                            sender: self.resume_tx.clone(),
+                        },
+                    );
+                    let max = self.ctx.state.config.c2s.resume_timeout;
+                    let text = format!(
+                        "<enabled xmlns='{}' id='{id}' resume='true' max='{max}'/>",
+                        sm::NS
+                    );
+                    self.sm_id = Some(id);
+                    text
+                } else {
+                    format!("<enabled xmlns='{}'/>", sm::NS)
+                };
+                // The writer starts counting when it writes <enabled/>, in order with the stanzas.
+                self.ctx
+                    .handle
+                    .send(Outbound::EnableSm(Bytes::from(enabled)))
+                    .await;
             }
-            Err(XmlError::Eof | XmlError::Io(_)) => {
-                ctx.handle.close(Closing::Quietly);
-                break;
+            "r" if self.sm_enabled => {
+                out(Bytes::from(format!(
+                    "<a xmlns='{}' h='{}'/>",
+                    sm::NS,
+                    self.handled
+                )))
+                .await;
             }
-            Err(err) => {
-                tracing::info!(jid = %jid, error = %err, "closing session on bad input");
-                ctx.handle.close(Closing::Error(err.into()));
-                break;
+            "a" if self.sm_enabled => {
+                let h = el
+                    .attr("h")
+                    .and_then(|h| h.parse::<u32>().ok())
+                    .ok_or_else(|| {
+                        StreamError::with_text(
+                            StreamErrorCondition::BadFormat,
+                            "<a/> needs a numeric h",
+                        )
+                    })?;
+                let result = match self.unacked.lock() {
+                    Ok(mut unacked) => unacked.ack(h),
+                    Err(_) => Ok(()),
+                };
+                if let Err(too_high) = result {
+                    return Err(handled_count_too_high(too_high));
+                }
+            }
+            "r" | "a" => {}
+            "resume" => {
+                out(sm::failed("unexpected-request", None)).await;
+            }
+            other => {
+                return Err(StreamError::with_text(
+                    StreamErrorCondition::UnsupportedStanzaType,
+                    format!("<{other}/> is not a stream management element"),
+                ))
+            }
+        };
+        Ok(())
+    }
+
+    /// Keeps the session while its connection is gone, until a resumption, the timeout, a kick or
+    /// shutdown. Returns the resumption request, if one came, and the queue.
+    async fn hibernate(
+        &mut self,
+        mut queue: mpsc::Receiver<Outbound>,
+    ) -> (Option<ResumeRequest>, mpsc::Receiver<Outbound>) {
+        let limit = self.ctx.state.config.c2s.session_queue.max(1) * 4;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(self.ctx.state.config.c2s.resume_timeout);
+        tracing::debug!(jid = %self.ctx.jid, "connection lost; session kept for resumption");
+        loop {
+            tokio::select! {
+                Some(request) = self.resume_rx.recv() => return (Some(request), queue),
+                item = queue.recv() => match item {
+                    Some(Outbound::Stanza(bytes)) => {
+                        self.pending.push_back(bytes);
+                        if self.pending.len() > limit {
+                            tracing::info!(jid = %self.ctx.jid, "too much waiting for a hibernating session; ending it");
+                            return (None, queue);
+                        }
+                    }
+                    Some(_) => {}
+                    None => return (None, queue),
+                },
+                _ = tokio::time::sleep_until(deadline) => return (None, queue),
+                _ = self.control.changed() => return (None, queue),
+                _ = self.shutdown.changed() => return (None, queue),
             }
         }
     }
-    // Unavailable presence for a session that ends without saying so (RFC 6121 §4.5.3), unless a new
-    // connection took over this full JID: then the resource did not go away.
-    if state.router.get(&jid).map(|h| h.id) == Some(id) {
-        if let Err(err) = crate::modules::presence::go_unavailable(&ctx, None).await {
-            tracing::error!(error = %err, jid = %jid, "unavailable broadcast failed");
+
+    /// Takes over a new connection (XEP-0198 §5): applies the client's h, answers <resumed/> and sends
+    /// again what the client did not handle. Err when the resumption cannot proceed.
+    async fn resume(
+        &mut self,
+        request: ResumeRequest,
+        queue: mpsc::Receiver<Outbound>,
+    ) -> Result<Connection, mpsc::Receiver<Outbound>> {
+        let ResumeRequest {
+            reader,
+            mut writer,
+            h,
+        } = request;
+        let resend = match self.unacked.lock() {
+            Ok(mut unacked) => unacked.take_for_resend(h),
+            Err(_) => Ok(Vec::new()),
+        };
+        let mut resend = match resend {
+            Ok(resend) => resend,
+            Err(too_high) => {
+                let mut bytes = sm::failed("unexpected-request", Some(self.handled)).to_vec();
+                bytes.extend(handled_count_too_high(too_high).to_bytes());
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), writer.write_all(&bytes)).await;
+                let _ = writer.shutdown().await;
+                return Err(queue);
+            }
+        };
+        resend.extend(self.pending.drain(..));
+        let previd = self.sm_id.clone().unwrap_or_default();
+        let resumed = Bytes::from(format!(
+            "<resumed xmlns='{}' h='{}' previd='{previd}'/>",
+            sm::NS,
+            self.handled
+        ));
+        tracing::info!(jid = %self.ctx.jid, resent = resend.len(), "session resumed");
+        Ok(self.connect(reader, writer, queue, Some(resumed), resend))
+    }
+
+    /// The session is over: unacknowledged and undelivered messages go to offline storage, contacts
+    /// hear the resource went away, and the session leaves the registry.
+    async fn finish(&mut self, queue: &mut mpsc::Receiver<Outbound>) {
+        let state = self.ctx.state.clone();
+        let jid = self.ctx.jid.clone();
+        if let Some(id) = self.sm_id.take() {
+            state.router.remove_resumable(&id);
+        }
+        let current = state.router.get(&jid).map(|h| h.id) == Some(self.ctx.handle.id);
+        // Unregister first so that messages stored below, and any arriving now, go offline rather
+        // than to this dead session.
+        state.router.unregister(&jid, self.ctx.handle.id);
+        let mut undelivered: Vec<Bytes> = self
+            .unacked
+            .lock()
+            .map(|mut u| u.take_all())
+            .unwrap_or_default();
+        undelivered.extend(self.pending.drain(..));
+        queue.close();
+        while let Ok(item) = queue.try_recv() {
+            if let Outbound::Stanza(bytes) = item {
+                undelivered.push(bytes);
+            }
+        }
+        crate::modules::offline::store_undelivered(&state, &jid.to_bare(), undelivered).await;
+        // Unavailable presence for a session that ends without saying so (RFC 6121 §4.5.3), unless a
+        // new connection took over this full JID: then the resource did not go away.
+        if current {
+            if let Err(err) = crate::modules::presence::go_unavailable(&self.ctx, None).await {
+                tracing::error!(error = %err, jid = %jid, "unavailable broadcast failed");
+            }
+        }
+        tracing::debug!(jid = %jid, "session ended");
+    }
+}
+
+/// Stops a connection's writer (after it writes `closing`, if any) and takes back the queue.
+async fn stop(connection: Connection, closing: Option<Bytes>) -> mpsc::Receiver<Outbound> {
+    let Connection {
+        writer,
+        stop,
+        returned,
+        ..
+    } = connection;
+    if let Some(queue) = returned {
+        return queue;
+    }
+    let _ = stop.send(Some(closing.unwrap_or_default()));
+    match writer.await {
+        Ok(queue) => queue,
+        Err(_) => {
+            // The writer panicked: nothing can be recovered from its queue.
+            let (_, queue) = mpsc::channel(1);
+            queue
         }
     }
-    state.router.unregister(&jid, id);
-    drop(ctx);
-    if tokio::time::timeout(Duration::from_secs(5), writer_task)
-        .await
-        .is_err()
-    {
-        tracing::debug!(jid = %jid, "writer did not finish in time");
-    }
-    tracing::debug!(jid = %jid, "session ended");
+}
+
+/// XEP-0198 §5: the peer acknowledged more than it was sent.
+fn handled_count_too_high(too_high: sm::TooHigh) -> StreamError {
+    let mut err = StreamError::with_text(
+        StreamErrorCondition::UndefinedCondition,
+        format!(
+            "you acknowledged {} stanzas, but only {} were sent",
+            too_high.h, too_high.sent
+        ),
+    );
+    err.extra = Some(format!(
+        "<handled-count-too-high xmlns='{}' h='{}' send-count='{}'/>",
+        sm::NS,
+        too_high.h,
+        too_high.sent
+    ));
+    err
 }
 
 /// Checks and addresses one stanza from the client, then routes it.
@@ -204,73 +557,103 @@ fn valid_iq(el: &Element) -> bool {
         }
 }
 
-/// Owns the write half: writes queued stanzas in batches, and the closing bytes at the end.
+/// Owns the write half: writes queued stanzas in batches, records them for stream management,
+/// asks for acks, and writes the closing bytes when told to stop. Returns the queue so that a
+/// resumed session can go on with it.
 async fn write_loop(
-    mut writer: tokio::io::WriteHalf<crate::transport::Transport>,
+    mut writer: WriteHalf<Transport>,
     mut queue: mpsc::Receiver<Outbound>,
-    mut control: watch::Receiver<Option<Closing>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    mut stop: watch::Receiver<Option<Bytes>>,
+    unacked: Arc<Mutex<Unacked>>,
+    first: Option<Bytes>,
+    resend: Vec<Bytes>,
+) -> mpsc::Receiver<Outbound> {
     const BATCH: usize = 64 * 1024;
     const WRITE_WAIT: Duration = Duration::from_secs(30);
     let mut buf: Vec<u8> = Vec::new();
-    let closing: Vec<u8> = loop {
+    if let Some(first) = first {
+        buf.extend_from_slice(&first);
+    }
+    for stanza in resend {
+        record(&unacked, &mut buf, &Outbound::Stanza(stanza));
+    }
+    loop {
+        if !buf.is_empty() {
+            request_ack(&unacked, &mut buf);
+            let write = async {
+                writer.write_all(&buf).await?;
+                writer.flush().await
+            };
+            if !matches!(tokio::time::timeout(WRITE_WAIT, write).await, Ok(Ok(()))) {
+                return queue;
+            }
+            buf.clear();
+            buf.shrink_to(4096);
+        }
         tokio::select! {
             biased;
-            _ = control.changed() => {
-                break match control.borrow().clone() {
-                    Some(Closing::Error(err)) => err.to_bytes(),
-                    _ => xml::STREAM_CLOSE.to_vec(),
-                };
-            }
-            _ = shutdown.changed() => {
-                break StreamError::new(StreamErrorCondition::SystemShutdown).to_bytes();
-            }
-            item = queue.recv() => {
-                let end = match item {
-                    Some(Outbound::Stanza(bytes)) => {
-                        buf.extend_from_slice(&bytes);
-                        // Take whatever else is already queued, so a burst becomes one write.
-                        take_queued(&mut queue, &mut buf, BATCH)
+            _ = stop.changed() => {
+                let closing = stop.borrow().clone().unwrap_or_default();
+                if !closing.is_empty() {
+                    // What was queued before the close still goes out first.
+                    while buf.len() < BATCH {
+                        match queue.try_recv() {
+                            Ok(item) => record(&unacked, &mut buf, &item),
+                            Err(_) => break,
+                        }
                     }
-                    Some(Outbound::End) | None => true,
-                };
-                if !buf.is_empty() {
-                    let write = async {
+                    buf.extend_from_slice(&closing);
+                    let finish = async {
                         writer.write_all(&buf).await?;
-                        writer.flush().await
+                        writer.flush().await?;
+                        writer.shutdown().await
                     };
-                    if !matches!(tokio::time::timeout(WRITE_WAIT, write).await, Ok(Ok(()))) {
-                        return;
-                    }
-                    buf.clear();
-                    buf.shrink_to(BATCH.min(4096));
+                    let _ = tokio::time::timeout(Duration::from_secs(2), finish).await;
                 }
-                if end {
-                    break xml::STREAM_CLOSE.to_vec();
-                }
+                return queue;
             }
-        }
-    };
-    // What was queued before the close still goes out first (a reply to the last request, say).
-    take_queued(&mut queue, &mut buf, usize::MAX);
-    buf.extend_from_slice(&closing);
-    let finish = async {
-        writer.write_all(&buf).await?;
-        writer.flush().await?;
-        writer.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), finish).await;
-}
-
-/// Moves already-queued stanzas into `buf` (up to about `limit` bytes); true when `End` was among them.
-fn take_queued(queue: &mut mpsc::Receiver<Outbound>, buf: &mut Vec<u8>, limit: usize) -> bool {
-    while buf.len() < limit {
-        match queue.try_recv() {
-            Ok(Outbound::Stanza(bytes)) => buf.extend_from_slice(&bytes),
-            Ok(Outbound::End) => return true,
-            Err(_) => break,
+            item = queue.recv() => match item {
+                Some(item) => {
+                    record(&unacked, &mut buf, &item);
+                    // Take whatever else is already queued, so a burst becomes one write.
+                    while buf.len() < BATCH {
+                        match queue.try_recv() {
+                            Ok(item) => record(&unacked, &mut buf, &item),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => return queue,
+            }
         }
     }
-    false
+}
+
+/// Appends an outbound item to the write buffer, counting stanzas for stream management.
+fn record(unacked: &Mutex<Unacked>, buf: &mut Vec<u8>, item: &Outbound) {
+    match item {
+        Outbound::Stanza(bytes) => {
+            if let Ok(mut u) = unacked.lock() {
+                u.sent(bytes);
+            }
+            buf.extend_from_slice(bytes);
+        }
+        Outbound::Nonza(bytes) => buf.extend_from_slice(bytes),
+        Outbound::EnableSm(bytes) => {
+            buf.extend_from_slice(bytes);
+            if let Ok(mut u) = unacked.lock() {
+                u.counting = true;
+            }
+        }
+    }
+}
+
+/// Asks for an ack after a write that left stanzas unacknowledged, unless one is already asked.
+fn request_ack(unacked: &Mutex<Unacked>, buf: &mut Vec<u8>) {
+    if let Ok(mut u) = unacked.lock() {
+        if u.counting && !u.is_empty() && !u.requested {
+            u.requested = true;
+            buf.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
+        }
+    }
 }

@@ -108,7 +108,9 @@ pub async fn serve(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr, di
     };
     tracing::debug!(%peer, direct_tls, "connection opened");
     match negotiation.run().await {
-        Ok(bound) => crate::session::run(negotiation.state.clone(), bound).await,
+        Ok(Some(bound)) => crate::session::run(negotiation.state.clone(), bound).await,
+        // The connection now belongs to a resumed session.
+        Ok(None) => {}
         Err(stop) => negotiation.stop(stop).await,
     }
 }
@@ -130,7 +132,9 @@ pub struct Bound {
 }
 
 impl Negotiation {
-    async fn run(&mut self) -> Result<Bound, Stop> {
+    /// Negotiates up to a bound resource (`Some`), or to a resumed session that took the connection
+    /// (`None`).
+    async fn run(&mut self) -> Result<Option<Bound>, Stop> {
         loop {
             self.open_stream().await?;
             loop {
@@ -147,9 +151,14 @@ impl Negotiation {
                             break; // stream restart
                         }
                     }
+                    Stage::Authenticated if el.is("resume", crate::session::sm::NS) => {
+                        if self.resume(&el).await? {
+                            return Ok(None);
+                        }
+                    }
                     Stage::Authenticated => {
                         if let Some(jid) = self.handle_authenticated(el).await? {
-                            return self.take_bound(jid);
+                            return self.take_bound(jid).map(Some);
                         }
                     }
                 }
@@ -300,7 +309,45 @@ impl Negotiation {
             )
             .into());
         }
+        if el.is("enable", crate::session::sm::NS) {
+            // XEP-0198 §4: stream management is enabled after binding, not before.
+            self.send(&crate::session::sm::failed("unexpected-request", None))
+                .await?;
+            return Ok(None);
+        }
         Err(self.refuse_before_auth(&el).into())
+    }
+
+    /// XEP-0198 §5: hands the connection to the session it resumes; true when handed over. When the
+    /// session is unknown, expired or someone else's, answers `<failed/>` and the client may bind.
+    async fn resume(&mut self, el: &Element) -> Result<bool, Stop> {
+        let user = self.user.clone();
+        let handle = el
+            .attr("previd")
+            .and_then(|id| self.state.router.resumable(id))
+            .filter(|h| Some(&h.user) == user.as_ref());
+        let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+        let (Some(handle), Some(h)) = (handle, h) else {
+            self.send(&crate::session::sm::failed("item-not-found", None))
+                .await?;
+            return Ok(false);
+        };
+        let (Some(reader), Some(writer)) = (self.reader.take(), self.writer.take()) else {
+            return Err(Stop::Gone);
+        };
+        let request = crate::session::sm::ResumeRequest { reader, writer, h };
+        match handle.sender.send(request).await {
+            Ok(()) => Ok(true),
+            Err(refused) => {
+                // The session ended just now: take the connection back and say so.
+                let crate::session::sm::ResumeRequest { reader, writer, .. } = refused.0;
+                self.reader = Some(reader);
+                self.writer = Some(writer);
+                self.send(&crate::session::sm::failed("item-not-found", None))
+                    .await?;
+                Ok(false)
+            }
+        }
     }
 
     /// RFC 6120 §7: binds the requested resource, or a generated one.

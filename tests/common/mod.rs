@@ -49,6 +49,8 @@ pub struct Options {
     pub scram_iterations: u32,
     /// The server's log filter.
     pub log_level: String,
+    /// Seconds a session with XEP-0198 resumption survives a lost connection.
+    pub resume_timeout: u64,
     /// Extra TOML appended verbatim (for tables not covered above).
     pub extra: String,
 }
@@ -64,6 +66,7 @@ impl Default for Options {
             failure_delay_ms: 10,
             scram_iterations: 4096,
             log_level: "info,rookery=debug".into(),
+            resume_timeout: 60,
             extra: String::new(),
         }
     }
@@ -101,6 +104,7 @@ direct_tls_listen = "127.0.0.1:0"
 require_encryption = {require}
 max_stanza_size = {max_stanza}
 auth_timeout = {auth_timeout}
+resume_timeout = {resume_timeout}
 [tls]
 cert = "{cert}"
 key = "{key}"
@@ -123,6 +127,7 @@ failure_delay_ms = {delay}
             registration = options.registration,
             delay = options.failure_delay_ms,
             log_level = options.log_level,
+            resume_timeout = options.resume_timeout,
             scram_iterations = options.scram_iterations,
             extra = options.extra,
         );
