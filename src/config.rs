@@ -18,6 +18,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub auth: AuthConfig,
     pub offline: OfflineConfig,
+    pub activity: ActivityConfig,
     pub admin: AdminConfig,
 }
 
@@ -148,6 +149,20 @@ impl Default for OfflineConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivityConfig {
+    /// Seconds between writes of last-activity times (XEP-0012): at most one disk write per user per
+    /// interval; a crash can lose at most this much of last-seen precision, never a message.
+    pub write_interval: u64,
+}
+
+impl Default for ActivityConfig {
+    fn default() -> Self {
+        ActivityConfig { write_interval: 60 }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -249,6 +264,12 @@ impl Config {
             return Err((
                 "[c2s] max_auth_attempts",
                 "must be from 1 to 5 (RFC 6120 §6.4.5)".into(),
+            ));
+        }
+        if self.activity.write_interval == 0 {
+            return Err((
+                "[activity] write_interval",
+                "must be at least 1 second".into(),
             ));
         }
         if self.c2s.session_queue == 0 {

@@ -29,6 +29,8 @@ pub struct ServerState {
     pub router: Router,
     pub tls: TlsAcceptor,
     pub throttle: FailureThrottle,
+    /// Recent user activity for "last seen" (XEP-0012), written to the store in batches.
+    pub activity: crate::modules::activity::Activity,
     pub started: Instant,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -83,6 +85,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         router: Router::new(),
         tls: TlsAcceptor::from(tls_config),
         throttle: FailureThrottle::new(Duration::from_millis(config.auth.failure_delay_ms)),
+        activity: crate::modules::activity::Activity::new(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),
@@ -118,6 +121,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         )));
     }
     tasks.push(tokio::spawn(crate::admin::serve(state.clone())?));
+    tokio::spawn(crate::modules::activity::writer(state.clone()));
     tracing::info!(domain = %domain, data = %state.config.server.data_dir.display(), "Rookery {} ready", env!("CARGO_PKG_VERSION"));
     Ok(Running {
         state,
@@ -142,6 +146,10 @@ impl Running {
             tracing::warn!("some connections did not close within {wait:?}; stopping anyway");
         }
         let _ = std::fs::remove_file(self.state.config.admin_socket());
+        // Last-seen times of everyone who just went offline, then everything, to disk.
+        self.state
+            .activity
+            .write(self.state.stores.activity.as_ref());
         self.state
             .stores
             .flush()

@@ -144,6 +144,10 @@ impl Accounts {
         if !self.stores.accounts.delete(jid)? {
             return Err(AccountError::NotFound(jid.clone()));
         }
+        // Everything else kept for the account goes with it.
+        self.stores.rosters.delete_user(jid)?;
+        self.stores.offline.delete_user(jid)?;
+        self.stores.activity.delete_activity(jid)?;
         self.stores.flush().await?;
         Ok(())
     }

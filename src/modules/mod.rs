@@ -2,6 +2,7 @@
 //! specifications it implements); disco answers and `xeps/doap.xml` are derived from these
 //! declarations, so what is advertised is what runs.
 
+pub mod activity;
 pub mod disco;
 pub mod offline;
 pub mod ping;
@@ -135,6 +136,7 @@ pub const MODULES: &[&Module] = &[
     &offline::MODULE,
     &stanza_id::MODULE,
     &crate::session::sm::MODULE,
+    &activity::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.
@@ -215,6 +217,7 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
         (ns::TIME, Target::Server) => time::handle(set, payload),
         (ns::REGISTER, _) => register::handle(ctx, set, payload).await,
         (ns::ROSTER, _) => roster::handle(ctx, set, payload).await,
+        (ns::LAST, _) => activity::handle(ctx, set, target, Some(&ctx.jid.to_bare())),
         (ns::SESSION, Target::Server) if set => Ok(None),
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     };
@@ -240,6 +243,26 @@ pub fn parse<T: TryFrom<Element>>(payload: &Element) -> Result<T, StanzaError> {
             "the query is not well formed",
         )
     })
+}
+
+/// An iq to another local account's bare JID, answered by the server on that account's behalf
+/// (RFC 6121 §8.5.2.1.3).
+pub async fn contact_iq(ctx: &SessionCtx, iq: Element, contact: &jid::BareJid) {
+    if matches!(iq.attr("type"), Some("result" | "error")) {
+        return;
+    }
+    let Some(payload) = iq.children().next() else {
+        return ctx.reply_error(&iq, StanzaErrorCondition::BadRequest).await;
+    };
+    let set = iq.attr("type") == Some("set");
+    let outcome: IqResult = match payload.ns().as_str() {
+        ns::LAST => activity::handle(ctx, set, Target::Account, Some(contact)),
+        _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+    };
+    match outcome {
+        Ok(payload) => ctx.reply(&result_for(&iq, payload)).await,
+        Err(error) => ctx.reply_error(&iq, error).await,
+    }
 }
 
 /// The error for a `set` sent to a get-only namespace (or the other way round).

@@ -73,9 +73,8 @@ async fn to_bare(ctx: &SessionCtx, el: Element, bare: &BareJid) {
         Err(err) => return refuse(ctx, &el, StanzaError::from(err)).await,
     }
     if el.name() == "iq" {
-        // §8.5.2.1.3: an iq to another user's bare JID is handled by the server for that account;
-        // no account-level namespaces of other users are served yet.
-        return refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await;
+        // §8.5.2.1.3: an iq to another user's bare JID is handled by the server for that account.
+        return crate::modules::contact_iq(ctx, el, bare).await;
     }
     let available = ctx.state.router.available(bare);
     let non_negative: Vec<SessionHandle> = available

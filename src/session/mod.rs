@@ -541,6 +541,11 @@ async fn handle_element(ctx: &SessionCtx, mut el: Element) -> Result<(), StreamE
             }
         },
     };
+    if crate::modules::activity::is_user_activity(&el) {
+        ctx.state
+            .activity
+            .touch(&ctx.jid.to_bare(), crate::modules::activity::status_of(&el));
+    }
     crate::router::deliver::route(ctx, el, to).await;
     Ok(())
 }

@@ -151,6 +151,18 @@ pub trait OfflineStore: Send + Sync {
     fn delete_user(&self, user: &BareJid) -> Result<(), StoreError>;
 }
 
+/// When each user was last active (XEP-0012), as Unix seconds with the status text of that moment.
+pub trait ActivityStore: Send + Sync {
+    fn last_activity(&self, user: &BareJid) -> Result<Option<(u64, String)>, StoreError>;
+    fn set_last_activity(
+        &self,
+        user: &BareJid,
+        seconds: u64,
+        status: &str,
+    ) -> Result<(), StoreError>;
+    fn delete_activity(&self, user: &BareJid) -> Result<(), StoreError>;
+}
+
 /// Making accepted writes durable. Blocking: call through `Stores::flush`.
 pub trait Durability: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
@@ -162,6 +174,7 @@ pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     pub rosters: Arc<dyn RosterStore>,
     pub offline: Arc<dyn OfflineStore>,
+    pub activity: Arc<dyn ActivityStore>,
     durability: Arc<dyn Durability>,
 }
 
@@ -173,6 +186,7 @@ impl Stores {
             accounts: backend.clone(),
             rosters: backend.clone(),
             offline: backend.clone(),
+            activity: backend.clone(),
             durability: backend,
         })
     }

@@ -7,13 +7,15 @@
 //!   `RosterItem`.
 //! - `offline`: `<user>\0` + id (u64 big-endian, from sled's monotonic id generator) → `[1]` + the
 //!   stanza as sent. Ids grow, so a prefix scan returns a user's messages in arrival order.
+//! - `activity`: `<user>` → `[1]` + Unix seconds (u64 big-endian) + status text (UTF-8).
 
 use std::path::Path;
 
 use jid::BareJid;
 
 use super::{
-    AccountStore, Durability, OfflineStore, RosterItem, RosterStore, StoreError, StoredCredentials,
+    AccountStore, ActivityStore, Durability, OfflineStore, RosterItem, RosterStore, StoreError,
+    StoredCredentials,
 };
 
 /// The schema this build reads and writes.
@@ -25,6 +27,7 @@ pub struct SledBackend {
     accounts: sled::Tree,
     rosters: sled::Tree,
     offline: sled::Tree,
+    activity: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -76,11 +79,13 @@ impl SledBackend {
         let accounts = db.open_tree("accounts").map_err(backend)?;
         let rosters = db.open_tree("rosters").map_err(backend)?;
         let offline = db.open_tree("offline").map_err(backend)?;
+        let activity = db.open_tree("activity").map_err(backend)?;
         Ok(SledBackend {
             db,
             accounts,
             rosters,
             offline,
+            activity,
         })
     }
 }
@@ -336,6 +341,48 @@ impl OfflineStore for SledBackend {
 
     fn delete_user(&self, user: &BareJid) -> Result<(), StoreError> {
         Self::delete_prefix(&self.offline, &user_prefix(user))
+    }
+}
+
+impl ActivityStore for SledBackend {
+    fn last_activity(&self, user: &BareJid) -> Result<Option<(u64, String)>, StoreError> {
+        let Some(value) = self.activity.get(user.as_str()).map_err(backend)? else {
+            return Ok(None);
+        };
+        match value.split_first() {
+            Some((&VALUE_VERSION, rest)) if rest.len() >= 8 => {
+                let (secs, status) = rest.split_at(8);
+                let secs = <[u8; 8]>::try_from(secs)
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Ok(Some((secs, String::from_utf8_lossy(status).into_owned())))
+            }
+            _ => Err(StoreError::Corrupt {
+                key: format!("activity/{user}"),
+                message: "unreadable entry".into(),
+            }),
+        }
+    }
+
+    fn set_last_activity(
+        &self,
+        user: &BareJid,
+        seconds: u64,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(9 + status.len());
+        value.push(VALUE_VERSION);
+        value.extend_from_slice(&seconds.to_be_bytes());
+        value.extend_from_slice(status.as_bytes());
+        self.activity
+            .insert(user.as_str(), value)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_activity(&self, user: &BareJid) -> Result<(), StoreError> {
+        self.activity.remove(user.as_str()).map_err(backend)?;
+        Ok(())
     }
 }
 

@@ -30,6 +30,7 @@ pub mod ns {
     pub const DELAY: &str = "urn:xmpp:delay";
     pub const HINTS: &str = "urn:xmpp:hints";
     pub const STANZA_ID: &str = "urn:xmpp:sid:0";
+    pub const LAST: &str = "jabber:iq:last";
 }
 
 /// Escapes text for use in element content or a single- or double-quoted attribute value.

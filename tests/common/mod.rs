@@ -135,6 +135,17 @@ failure_delay_ms = {delay}
         Self::spawn(dir, config)
     }
 
+    /// Starts a new server process on the same configuration and data as a stopped one.
+    pub fn restart(mut old: TestServer) -> TestServer {
+        let _ = old.child.kill();
+        let _ = old.child.wait();
+        // Keep the directory: move it out of the old value instead of dropping it.
+        let dir = std::mem::replace(&mut old.dir, tempfile::tempdir().expect("tempdir"));
+        let config = old.config.clone();
+        drop(old);
+        Self::spawn(dir, config)
+    }
+
     fn spawn(dir: tempfile::TempDir, config: PathBuf) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rookery"))
             .args(["serve", "--config"])
