@@ -178,6 +178,8 @@ impl StanzaErrorCondition {
 pub struct StanzaError {
     pub condition: StanzaErrorCondition,
     pub text: Option<String>,
+    /// An application-specific condition (RFC 6120 §8.3.2), such as XEP-0191's `<blocked/>`.
+    pub extra: Option<Element>,
 }
 
 impl StanzaError {
@@ -185,6 +187,7 @@ impl StanzaError {
         StanzaError {
             condition,
             text: None,
+            extra: None,
         }
     }
 
@@ -192,6 +195,7 @@ impl StanzaError {
         StanzaError {
             condition,
             text: Some(text.into()),
+            extra: None,
         }
     }
 
@@ -208,6 +212,9 @@ impl StanzaError {
             let mut t = Element::bare("text", ns::STANZAS);
             t.append_text(text.clone());
             error.append_child(t);
+        }
+        if let Some(extra) = &self.extra {
+            error.append_child(extra.clone());
         }
         error
     }

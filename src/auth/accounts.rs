@@ -148,6 +148,7 @@ impl Accounts {
         self.stores.rosters.delete_user(jid)?;
         self.stores.offline.delete_user(jid)?;
         self.stores.activity.delete_activity(jid)?;
+        self.stores.values.delete_values(jid)?;
         self.stores.flush().await?;
         Ok(())
     }

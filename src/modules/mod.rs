@@ -3,14 +3,18 @@
 //! declarations, so what is advertised is what runs.
 
 pub mod activity;
+pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod private;
 pub mod register;
 pub mod roster;
 pub mod stanza_id;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 use minidom::Element;
@@ -137,6 +141,11 @@ pub const MODULES: &[&Module] = &[
     &stanza_id::MODULE,
     &crate::session::sm::MODULE,
     &activity::MODULE,
+    &vcard::MODULE,
+    &private::MODULE,
+    &carbons::MODULE,
+    &blocking::MODULE,
+    &crate::session::csi::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.
@@ -218,6 +227,19 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
         (ns::REGISTER, _) => register::handle(ctx, set, payload).await,
         (ns::ROSTER, _) => roster::handle(ctx, set, payload).await,
         (ns::LAST, _) => activity::handle(ctx, set, target, Some(&ctx.jid.to_bare())),
+        (ns::VCARD, _) => {
+            vcard::handle(
+                &ctx.state,
+                &ctx.jid.to_bare(),
+                &ctx.jid.to_bare(),
+                set,
+                payload,
+            )
+            .await
+        }
+        (ns::PRIVATE, _) => private::handle(ctx, set, payload).await,
+        (ns::CARBONS, _) => carbons::handle(ctx, set, payload),
+        (ns::BLOCKING, _) => blocking::handle(ctx, set, payload).await,
         (ns::SESSION, Target::Server) if set => Ok(None),
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     };
@@ -257,6 +279,9 @@ pub async fn contact_iq(ctx: &SessionCtx, iq: Element, contact: &jid::BareJid) {
     let set = iq.attr("type") == Some("set");
     let outcome: IqResult = match payload.ns().as_str() {
         ns::LAST => activity::handle(ctx, set, Target::Account, Some(contact)),
+        ns::VCARD => vcard::handle(&ctx.state, &ctx.jid.to_bare(), contact, set, payload).await,
+        // XEP-0049 §3: only the owner may touch private storage.
+        ns::PRIVATE => Err(StanzaErrorCondition::Forbidden.into()),
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     };
     match outcome {

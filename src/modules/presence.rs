@@ -121,7 +121,7 @@ async fn send_one(session: &SessionHandle, el: &Element) {
 /// Sends `presence` (addressed to `to`'s bare JID) to every available session of `to`.
 async fn to_available(state: &ServerState, to: &BareJid, presence: &Element) {
     let sessions = state.router.available(to);
-    if sessions.is_empty() {
+    if sessions.is_empty() || blocked_between(state, to, presence) {
         return;
     }
     let bytes = Bytes::from(xml::serialize(&addressed(presence, to.as_str())));
@@ -264,6 +264,9 @@ async fn directed(ctx: &SessionCtx, el: Element, to: Jid) -> Result<(), StoreErr
 /// Delivers available or unavailable presence to a local JID: to that session for a full JID, to
 /// every available session for a bare JID; dropped when there is none (presence is never stored).
 async fn deliver_directed(state: &ServerState, el: &Element, to: &Jid) {
+    if blocked_between(state, &to.to_bare(), el) {
+        return;
+    }
     match to.try_as_full() {
         Ok(full) => {
             if let Some(session) = state.router.get(full) {
@@ -295,6 +298,9 @@ async fn current_presence_to(state: &ServerState, contact: &BareJid, recipients:
     for session in state.router.available(contact) {
         if let Some(last) = session.presence.last() {
             for recipient in recipients {
+                if blocked_between(state, &recipient.jid.to_bare(), &last) {
+                    continue;
+                }
                 send_one(
                     recipient,
                     &addressed(&last, recipient.jid.to_bare().as_str()),
@@ -303,6 +309,63 @@ async fn current_presence_to(state: &ServerState, contact: &BareJid, recipients:
             }
         }
     }
+}
+
+/// XEP-0191: presence does not pass between a user and someone either of them blocks.
+fn blocked_between(state: &ServerState, recipient: &BareJid, presence: &Element) -> bool {
+    let Some(sender) = presence.attr("from").and_then(|f| Jid::new(f).ok()) else {
+        return false;
+    };
+    let sender_bare = sender.to_bare();
+    if &sender_bare == recipient {
+        return false;
+    }
+    super::blocking::blocks(state, recipient, &sender)
+        || super::blocking::blocks(state, &sender_bare, &Jid::from(recipient.clone()))
+}
+
+/// When `user` blocks `jid`: if it could see the user's presence, it sees the user go away.
+pub async fn unavailable_to_blocked(
+    state: &ServerState,
+    user: &BareJid,
+    jid: &str,
+) -> Result<(), StoreError> {
+    let Ok(target) = BareJid::new(jid) else {
+        return Ok(());
+    };
+    if target.domain().as_str() != state.domain
+        || !state
+            .stores
+            .rosters
+            .item(user, &target)?
+            .is_some_and(|i| i.subscription.from())
+    {
+        return Ok(());
+    }
+    unavailable_to(state, user, &target).await;
+    Ok(())
+}
+
+/// When `user` unblocks `jid`: if it may see the user's presence, it gets it again.
+pub async fn presence_to_unblocked(
+    state: &ServerState,
+    user: &BareJid,
+    jid: &str,
+) -> Result<(), StoreError> {
+    let Ok(target) = BareJid::new(jid) else {
+        return Ok(());
+    };
+    if target.domain().as_str() != state.domain
+        || !state
+            .stores
+            .rosters
+            .item(user, &target)?
+            .is_some_and(|i| i.subscription.from())
+    {
+        return Ok(());
+    }
+    current_presence_to(state, user, &state.router.available(&target)).await;
+    Ok(())
 }
 
 /// Sends unavailable presence from each available session of `contact` to `user`'s available
@@ -354,6 +417,10 @@ pub async fn send_subscription(
     original: Option<&Element>,
 ) -> Result<(), StoreError> {
     let rosters = &state.stores.rosters;
+    if super::blocking::blocks(state, contact, &Jid::from(user.clone())) {
+        // XEP-0191: nothing from a blocked user reaches the contact, and no answer comes back.
+        return Ok(());
+    }
     let contact_exists = state.accounts.exists(contact)?;
     let mut mine = rosters.item(user, contact)?;
     let mut theirs = if contact_exists {

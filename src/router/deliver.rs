@@ -7,15 +7,40 @@ use jid::{BareJid, Jid};
 use minidom::Element;
 
 use crate::error::{StanzaError, StanzaErrorCondition};
-use crate::modules::{offline, stanza_id};
+use crate::modules::{blocking, offline, stanza_id};
 use crate::router::{Outbound, SessionHandle};
 use crate::session::SessionCtx;
 use crate::xml;
 
 /// Routes a stanza whose `from` was stamped and whose `to` was parsed.
 pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
+    if let Some(to) = &to {
+        if el.attr("type") != Some("error") && to.node().is_some() {
+            let sender = ctx.jid.to_bare();
+            // XEP-0191 §3.4: nothing goes to someone the user blocks...
+            if blocking::blocks(&ctx.state, &sender, to) {
+                return refuse(ctx, &el, blocking::blocked_error()).await;
+            }
+            // ...and nothing arrives from someone the recipient blocks (§3.3): presence silently,
+            // messages and iq requests with <service-unavailable/>.
+            let recipient = to.to_bare();
+            if recipient != sender
+                && to.domain().as_str() == ctx.state.domain
+                && blocking::blocks(&ctx.state, &recipient, &Jid::from(ctx.jid.clone()))
+            {
+                if el.name() == "message" || is_request(&el) {
+                    refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await;
+                }
+                return;
+            }
+        }
+    }
     if el.name() == "presence" {
         return crate::modules::presence::outbound(ctx, el, to).await;
+    }
+    if el.name() == "message" {
+        // XEP-0280: the account's other resources see what this one sent.
+        crate::modules::carbons::sent(ctx, &el).await;
     }
     let Some(to) = to else {
         // RFC 6120 §10.3: no 'to' means the server handles it on behalf of the sender's account.
@@ -144,12 +169,14 @@ async fn store_offline(ctx: &SessionCtx, mut el: Element, bare: &BareJid) {
     }
 }
 
-/// Stamps messages with a stanza-id, serializes once, and queues the bytes for every recipient.
-async fn deliver(_ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[SessionHandle]) {
+/// Stamps messages with a stanza-id, serializes once, queues the bytes for every recipient, and
+/// copies messages to the recipient's other carbons-enabled resources.
+async fn deliver(ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[SessionHandle]) {
     if sessions.is_empty() {
         return;
     }
-    if el.name() == "message" && el.attr("type") != Some("error") {
+    let message = el.name() == "message";
+    if message && el.attr("type") != Some("error") {
         stanza_id::stamp(&mut el, bare);
     }
     let bytes = Bytes::from(xml::serialize(&el));
@@ -158,6 +185,9 @@ async fn deliver(_ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &
     }
     for session in sessions {
         session.send(Outbound::Stanza(bytes.clone())).await;
+    }
+    if message {
+        crate::modules::carbons::received(&ctx.state, bare, &el, sessions).await;
     }
 }
 

@@ -58,6 +58,10 @@ pub struct PresenceState {
     interested: AtomicBool,
     /// The last available presence broadcast, without `to`, for answering probes.
     last: Mutex<Option<Element>>,
+    /// Asked for message carbons (XEP-0280).
+    carbons: AtomicBool,
+    /// Asked for the blocklist, so it gets block/unblock pushes (XEP-0191).
+    blocklist_interested: AtomicBool,
 }
 
 impl PresenceState {
@@ -71,6 +75,22 @@ impl PresenceState {
 
     pub fn is_interested(&self) -> bool {
         self.interested.load(Ordering::Acquire)
+    }
+
+    pub fn carbons(&self) -> bool {
+        self.carbons.load(Ordering::Acquire)
+    }
+
+    pub fn set_carbons(&self, on: bool) {
+        self.carbons.store(on, Ordering::Release);
+    }
+
+    pub fn blocklist_interested(&self) -> bool {
+        self.blocklist_interested.load(Ordering::Acquire)
+    }
+
+    pub fn set_blocklist_interested(&self) {
+        self.blocklist_interested.store(true, Ordering::Release);
     }
 
     pub fn set_interested(&self) {

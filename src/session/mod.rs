@@ -6,6 +6,7 @@
 //! session hibernates (queueing what arrives) until the client resumes on a new connection or
 //! `[c2s] resume_timeout` passes. Whatever the client never acknowledged is stored offline.
 
+pub mod csi;
 pub mod sm;
 
 use std::collections::VecDeque;
@@ -102,6 +103,7 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
         resume_tx,
         resume_rx,
         pending: VecDeque::new(),
+        inactive: watch::channel(false).0,
     };
     session.run(reader, writer, queue).await;
 }
@@ -143,6 +145,8 @@ struct Session {
     resume_rx: mpsc::Receiver<ResumeRequest>,
     /// Stanzas queued while hibernating, sent on resumption.
     pending: VecDeque<Bytes>,
+    /// XEP-0352: true while the client says it is inactive; the writer watches it.
+    inactive: watch::Sender<bool>,
 }
 
 impl Session {
@@ -212,6 +216,7 @@ impl Session {
             queue,
             stop_rx,
             self.unacked.clone(),
+            self.inactive.subscribe(),
             first,
             resend,
         ));
@@ -242,6 +247,20 @@ impl Session {
                 }
             };
             match event {
+                Ok(XmlEvent::Element(el)) if el.ns() == csi::NS => match el.name() {
+                    "active" => {
+                        self.inactive.send_replace(false);
+                    }
+                    "inactive" => {
+                        self.inactive.send_replace(true);
+                    }
+                    other => {
+                        return End::Error(StreamError::with_text(
+                            StreamErrorCondition::UnsupportedStanzaType,
+                            format!("<{other}/> is not a client state"),
+                        ))
+                    }
+                },
                 Ok(XmlEvent::Element(el)) if el.ns() == sm::NS => {
                     if let Err(err) = self.stream_management(&el).await {
                         return End::Error(err);
@@ -570,10 +589,12 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Outbound>,
     mut stop: watch::Receiver<Option<Bytes>>,
     unacked: Arc<Mutex<Unacked>>,
+    mut inactive: watch::Receiver<bool>,
     first: Option<Bytes>,
     resend: Vec<Bytes>,
 ) -> mpsc::Receiver<Outbound> {
     const BATCH: usize = 64 * 1024;
+    let mut held = csi::Held::default();
     const WRITE_WAIT: Duration = Duration::from_secs(30);
     let mut buf: Vec<u8> = Vec::new();
     if let Some(first) = first {
@@ -617,13 +638,21 @@ async fn write_loop(
                 }
                 return queue;
             }
+            _ = inactive.changed() => {
+                if !*inactive.borrow() {
+                    for stanza in held.take() {
+                        record(&unacked, &mut buf, &Outbound::Stanza(stanza));
+                    }
+                }
+            }
             item = queue.recv() => match item {
                 Some(item) => {
-                    record(&unacked, &mut buf, &item);
+                    let quiet = *inactive.borrow();
+                    admit(&unacked, &mut buf, &mut held, quiet, item);
                     // Take whatever else is already queued, so a burst becomes one write.
                     while buf.len() < BATCH {
                         match queue.try_recv() {
-                            Ok(item) => record(&unacked, &mut buf, &item),
+                            Ok(item) => admit(&unacked, &mut buf, &mut held, quiet, item),
                             Err(_) => break,
                         }
                     }
@@ -632,6 +661,29 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Writes an item, or holds it while the client is inactive if it can wait (XEP-0352). Anything
+/// that cannot wait takes the held stanzas out with it, in order.
+fn admit(
+    unacked: &Mutex<Unacked>,
+    buf: &mut Vec<u8>,
+    held: &mut csi::Held,
+    inactive: bool,
+    item: Outbound,
+) {
+    if let Outbound::Stanza(bytes) = &item {
+        if inactive && csi::can_wait(bytes) {
+            held.hold(bytes.clone());
+            return;
+        }
+        if !held.is_empty() {
+            for stanza in held.take() {
+                record(unacked, buf, &Outbound::Stanza(stanza));
+            }
+        }
+    }
+    record(unacked, buf, &item);
 }
 
 /// Appends an outbound item to the write buffer, counting stanzas for stream management.

@@ -163,6 +163,13 @@ pub trait ActivityStore: Send + Sync {
     fn delete_activity(&self, user: &BareJid) -> Result<(), StoreError>;
 }
 
+/// Small per-user documents by key: vCard, private XML, the blocklist (like Prosody's keyval store).
+pub trait KeyValueStore: Send + Sync {
+    fn get_value(&self, user: &BareJid, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn set_value(&self, user: &BareJid, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn delete_values(&self, user: &BareJid) -> Result<(), StoreError>;
+}
+
 /// Making accepted writes durable. Blocking: call through `Stores::flush`.
 pub trait Durability: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
@@ -175,6 +182,7 @@ pub struct Stores {
     pub rosters: Arc<dyn RosterStore>,
     pub offline: Arc<dyn OfflineStore>,
     pub activity: Arc<dyn ActivityStore>,
+    pub values: Arc<dyn KeyValueStore>,
     durability: Arc<dyn Durability>,
 }
 
@@ -187,6 +195,7 @@ impl Stores {
             rosters: backend.clone(),
             offline: backend.clone(),
             activity: backend.clone(),
+            values: backend.clone(),
             durability: backend,
         })
     }

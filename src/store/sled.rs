@@ -8,14 +8,15 @@
 //! - `offline`: `<user>\0` + id (u64 big-endian, from sled's monotonic id generator) → `[1]` + the
 //!   stanza as sent. Ids grow, so a prefix scan returns a user's messages in arrival order.
 //! - `activity`: `<user>` → `[1]` + Unix seconds (u64 big-endian) + status text (UTF-8).
+//! - `values`: `<user>\0<key>` → `[1]` + the document (vCard, private XML, blocklist).
 
 use std::path::Path;
 
 use jid::BareJid;
 
 use super::{
-    AccountStore, ActivityStore, Durability, OfflineStore, RosterItem, RosterStore, StoreError,
-    StoredCredentials,
+    AccountStore, ActivityStore, Durability, KeyValueStore, OfflineStore, RosterItem, RosterStore,
+    StoreError, StoredCredentials,
 };
 
 /// The schema this build reads and writes.
@@ -28,6 +29,7 @@ pub struct SledBackend {
     rosters: sled::Tree,
     offline: sled::Tree,
     activity: sled::Tree,
+    values: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -80,12 +82,14 @@ impl SledBackend {
         let rosters = db.open_tree("rosters").map_err(backend)?;
         let offline = db.open_tree("offline").map_err(backend)?;
         let activity = db.open_tree("activity").map_err(backend)?;
+        let values = db.open_tree("values").map_err(backend)?;
         Ok(SledBackend {
             db,
             accounts,
             rosters,
             offline,
             activity,
+            values,
         })
     }
 }
@@ -383,6 +387,37 @@ impl ActivityStore for SledBackend {
     fn delete_activity(&self, user: &BareJid) -> Result<(), StoreError> {
         self.activity.remove(user.as_str()).map_err(backend)?;
         Ok(())
+    }
+}
+
+impl KeyValueStore for SledBackend {
+    fn get_value(&self, user: &BareJid, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut k = user_prefix(user);
+        k.extend_from_slice(key.as_bytes());
+        match self.values.get(&k).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => match v.split_first() {
+                Some((&VALUE_VERSION, doc)) => Ok(Some(doc.to_vec())),
+                _ => Err(StoreError::Corrupt {
+                    key: format!("values/{user}/{key}"),
+                    message: "unknown value version".into(),
+                }),
+            },
+        }
+    }
+
+    fn set_value(&self, user: &BareJid, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut k = user_prefix(user);
+        k.extend_from_slice(key.as_bytes());
+        let mut v = Vec::with_capacity(value.len() + 1);
+        v.push(VALUE_VERSION);
+        v.extend_from_slice(value);
+        self.values.insert(k, v).map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_values(&self, user: &BareJid) -> Result<(), StoreError> {
+        Self::delete_prefix(&self.values, &user_prefix(user))
     }
 }
 

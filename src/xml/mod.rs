@@ -31,6 +31,14 @@ pub mod ns {
     pub const HINTS: &str = "urn:xmpp:hints";
     pub const STANZA_ID: &str = "urn:xmpp:sid:0";
     pub const LAST: &str = "jabber:iq:last";
+    pub const VCARD: &str = "vcard-temp";
+    pub const PRIVATE: &str = "jabber:iq:private";
+    pub const CARBONS: &str = "urn:xmpp:carbons:2";
+    pub const FORWARD: &str = "urn:xmpp:forward:0";
+    pub const CSI: &str = "urn:xmpp:csi:0";
+    pub const BLOCKING: &str = "urn:xmpp:blocking";
+    pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+    pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 }
 
 /// Escapes text for use in element content or a single- or double-quoted attribute value.
