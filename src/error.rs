@@ -179,7 +179,7 @@ pub struct StanzaError {
     pub condition: StanzaErrorCondition,
     pub text: Option<String>,
     /// An application-specific condition (RFC 6120 §8.3.2), such as XEP-0191's `<blocked/>`.
-    pub extra: Option<Element>,
+    pub extra: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -214,7 +214,7 @@ impl StanzaError {
             error.append_child(t);
         }
         if let Some(extra) = &self.extra {
-            error.append_child(extra.clone());
+            error.append_child((**extra).clone());
         }
         error
     }

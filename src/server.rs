@@ -31,6 +31,8 @@ pub struct ServerState {
     pub throttle: FailureThrottle,
     /// Recent user activity for "last seen" (XEP-0012), written to the store in batches.
     pub activity: crate::modules::activity::Activity,
+    /// Orders offline storage against delivery per user (see `offline::Gate`).
+    pub offline_gate: crate::modules::offline::Gate,
     pub started: Instant,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -86,6 +88,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         tls: TlsAcceptor::from(tls_config),
         throttle: FailureThrottle::new(Duration::from_millis(config.auth.failure_delay_ms)),
         activity: crate::modules::activity::Activity::new(),
+        offline_gate: Default::default(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),

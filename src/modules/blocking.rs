@@ -83,7 +83,7 @@ pub fn blocked_error() -> StanzaError {
     StanzaError {
         condition: StanzaErrorCondition::NotAcceptable,
         text: None,
-        extra: Some(Element::bare("blocked", ns::BLOCKING_ERRORS)),
+        extra: Some(Box::new(Element::bare("blocked", ns::BLOCKING_ERRORS))),
     }
 }
 

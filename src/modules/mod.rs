@@ -280,8 +280,8 @@ pub async fn contact_iq(ctx: &SessionCtx, iq: Element, contact: &jid::BareJid) {
     let outcome: IqResult = match payload.ns().as_str() {
         ns::LAST => activity::handle(ctx, set, Target::Account, Some(contact)),
         ns::VCARD => vcard::handle(&ctx.state, &ctx.jid.to_bare(), contact, set, payload).await,
-        // XEP-0049 §3: only the owner may touch private storage.
-        ns::PRIVATE => Err(StanzaErrorCondition::Forbidden.into()),
+        // Only the owner may touch these (XEP-0049 §3, RFC 6121 §2.1.5).
+        ns::PRIVATE | ns::ROSTER | ns::BLOCKING => Err(StanzaErrorCondition::Forbidden.into()),
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     };
     match outcome {

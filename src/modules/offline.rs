@@ -79,15 +79,18 @@ pub async fn store(
     message: &Element,
 ) -> Result<bool, StoreError> {
     let mut stamped = message.clone();
-    // A client may not forge our stamp (XEP-0203 §5): drop delays claiming to be from this server.
-    xml::retain_children(&mut stamped, |c| {
-        !(c.is("delay", ns::DELAY) && c.attr("from") == Some(state.domain.as_str()))
-    });
-    let mut delay = Element::bare("delay", ns::DELAY);
-    set_attr(&mut delay, "from", &state.domain);
-    set_attr(&mut delay, "stamp", &now_stamp());
-    delay.append_text("Offline storage");
-    stamped.append_child(delay);
+    // A delay from this server on a message is ours: forged ones are removed where messages enter
+    // (session::handle_element), so one here comes from an earlier storage and keeps its time.
+    let ours = stamped
+        .children()
+        .any(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(state.domain.as_str()));
+    if !ours {
+        let mut delay = Element::bare("delay", ns::DELAY);
+        set_attr(&mut delay, "from", &state.domain);
+        set_attr(&mut delay, "stamp", &now_stamp());
+        delay.append_text("Offline storage");
+        stamped.append_child(delay);
+    }
     let stored = state.stores.offline.push(
         user,
         &xml::serialize(&stamped),
@@ -128,13 +131,38 @@ pub async fn store_undelivered(state: &ServerState, user: &BareJid, stanzas: Vec
     }
 }
 
-/// Delivers and removes everything stored for the session's user, oldest first.
-pub async fn deliver(ctx: &SessionCtx) -> Result<(), StoreError> {
-    let user = ctx.jid.to_bare();
-    let stored = ctx.state.stores.offline.list(&user)?;
-    if stored.is_empty() {
-        return Ok(());
+/// Orders offline storage against delivery, per user: a message is stored only while its user
+/// has no resource to take it, and a resource takes the stored messages before it counts as
+/// available. Without this, a message could be stored just after the queue was emptied (and wait
+/// for the next login), or overtake older stored ones. Striped locks keep it bounded.
+pub struct Gate(Vec<tokio::sync::Mutex<()>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate((0..64).map(|_| tokio::sync::Mutex::new(())).collect())
     }
+}
+
+impl Gate {
+    pub async fn lock(&self, user: &BareJid) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut hasher);
+        let index = (hasher.finish() % self.0.len() as u64) as usize;
+        self.0[index].lock().await
+    }
+}
+
+/// Sends the session everything stored for its user, oldest first, then runs `become_available`,
+/// all under the user's gate. What is sent leaves the store; if the session then ends without the
+/// client acknowledging it, it comes back (session::finish).
+pub async fn deliver_then(
+    ctx: &SessionCtx,
+    become_available: impl FnOnce(),
+) -> Result<(), StoreError> {
+    let user = ctx.jid.to_bare();
+    let gate = ctx.state.offline_gate.lock(&user).await;
+    let stored = ctx.state.stores.offline.list(&user)?;
     let mut delivered = Vec::with_capacity(stored.len());
     for (key, stanza) in stored {
         if !ctx.handle.send(Outbound::Stanza(Bytes::from(stanza))).await {
@@ -142,9 +170,15 @@ pub async fn deliver(ctx: &SessionCtx) -> Result<(), StoreError> {
         }
         delivered.push(key);
     }
-    ctx.state.stores.offline.remove(&user, &delivered)?;
-    ctx.state.stores.flush().await?;
-    tracing::debug!(jid = %ctx.jid, count = delivered.len(), "delivered offline messages");
+    if !delivered.is_empty() {
+        ctx.state.stores.offline.remove(&user, &delivered)?;
+    }
+    become_available();
+    drop(gate);
+    if !delivered.is_empty() {
+        ctx.state.stores.flush().await?;
+        tracing::debug!(jid = %ctx.jid, count = delivered.len(), "delivered offline messages");
+    }
     Ok(())
 }
 

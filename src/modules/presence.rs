@@ -154,9 +154,21 @@ async fn broadcast(ctx: &SessionCtx, presence: Element) -> Result<(), StoreError
     };
     // Broadcast presence has no `to`, and its `from` is already the session's full JID.
     let initial = !ctx.handle.presence.is_available();
-    ctx.handle
-        .presence
-        .set_available(priority, presence.clone());
+    // Stored messages go out when the resource becomes able to take bare-JID messages: at initial
+    // presence with priority >= 0, or when the priority rises from negative (XEP-0160 §2).
+    let opens = priority >= 0 && (initial || ctx.handle.presence.priority() < 0);
+    if opens {
+        super::offline::deliver_then(ctx, || {
+            ctx.handle
+                .presence
+                .set_available(priority, presence.clone())
+        })
+        .await?;
+    } else {
+        ctx.handle
+            .presence
+            .set_available(priority, presence.clone());
+    }
     let (_, items) = state.stores.rosters.roster(&user)?;
     // To the contacts subscribed to the user, and to all of the user's available resources
     // including this one (an account is implicitly subscribed to its own presence).
@@ -191,9 +203,6 @@ async fn broadcast(ctx: &SessionCtx, presence: Element) -> Result<(), StoreError
                     .await;
             }
         }
-        if priority >= 0 {
-            super::offline::deliver(ctx).await?;
-        }
     }
     Ok(())
 }
@@ -212,12 +221,10 @@ pub async fn go_unavailable(ctx: &SessionCtx, presence: Option<Element>) -> Resu
     let state = &ctx.state;
     let user = ctx.jid.to_bare();
     let requested = presence.is_some();
-    let mut unavailable = Element::bare("presence", ns::CLIENT);
-    if let Some(original) = presence {
-        for child in original.children().filter(|c| c.is("status", ns::CLIENT)) {
-            unavailable.append_child(child.clone());
-        }
-    }
+    // The client's own stanza when it said goodbye (RFC 6121 §4.5.2), else one of ours; either way
+    // without a priority, which unavailable presence does not carry.
+    let mut unavailable = presence.unwrap_or_else(|| Element::bare("presence", ns::CLIENT));
+    xml::retain_children(&mut unavailable, |c| !c.is("priority", ns::CLIENT));
     set_attr(&mut unavailable, "from", ctx.jid.as_str());
     set_attr(&mut unavailable, "type", "unavailable");
     let was_available = ctx.handle.presence.is_available();
@@ -416,13 +423,41 @@ pub async fn send_subscription(
     kind: Subscribe,
     original: Option<&Element>,
 ) -> Result<(), StoreError> {
+    process_subscription(state, user, contact, kind, original, None).await
+}
+
+/// After the user removed `contact` from the roster (RFC 6121 §2.5.2): the contact's side of the
+/// unsubscribe/unsubscribed, decided from the item as it was; the user's side is already gone.
+pub async fn after_roster_removal(
+    state: &ServerState,
+    user: &BareJid,
+    contact: &BareJid,
+    kind: Subscribe,
+    removed: RosterItem,
+) -> Result<(), StoreError> {
+    process_subscription(state, user, contact, kind, None, Some(removed)).await
+}
+
+async fn process_subscription(
+    state: &ServerState,
+    user: &BareJid,
+    contact: &BareJid,
+    kind: Subscribe,
+    original: Option<&Element>,
+    removed: Option<RosterItem>,
+) -> Result<(), StoreError> {
     let rosters = &state.stores.rosters;
+    // The user's own item is updated only when it still exists.
+    let keep_mine = removed.is_none();
     if super::blocking::blocks(state, contact, &Jid::from(user.clone())) {
         // XEP-0191: nothing from a blocked user reaches the contact, and no answer comes back.
         return Ok(());
     }
     let contact_exists = state.accounts.exists(contact)?;
-    let mut mine = rosters.item(user, contact)?;
+    let mut mine = match removed {
+        Some(item) => Some(item),
+        None => rosters.item(user, contact)?,
+    };
     let mut theirs = if contact_exists {
         rosters.item(contact, user)?
     } else {
@@ -459,7 +494,7 @@ pub async fn send_subscription(
                     let stanza = subscription_stanza(Subscribe::Subscribe, user, contact, original);
                     other.pending_in =
                         Some(String::from_utf8_lossy(&xml::serialize(&stanza)).into_owned());
-                    state.stores.rosters.put(contact, &other)?;
+                    state.stores.rosters.put(contact, &other, false)?;
                     to_available(state, contact, &stanza).await;
                 }
             }
@@ -494,7 +529,7 @@ pub async fn send_subscription(
         }
         Subscribe::Unsubscribe => {
             // The user no longer wants the contact's presence (§3.3).
-            if let Some(mut item) = mine.filter(|i| i.subscription.to() || i.ask) {
+            if let Some(mut item) = mine.filter(|i| keep_mine && (i.subscription.to() || i.ask)) {
                 item.subscription = item.subscription.with_to(false);
                 item.ask = false;
                 save_and_push(state, user, &item).await?;
@@ -514,7 +549,7 @@ pub async fn send_subscription(
                 if other.listed {
                     save_and_push(state, contact, &other).await?;
                 } else {
-                    state.stores.rosters.remove(contact, user)?;
+                    state.stores.rosters.remove(contact, user, false)?;
                 }
                 if was_subscribed {
                     unavailable_to(state, contact, user).await;
@@ -529,16 +564,16 @@ pub async fn send_subscription(
             let route = mine
                 .as_ref()
                 .is_some_and(|i| i.subscription.from() || i.pending_in.is_some());
-            if let Some(mut item) =
-                mine.filter(|i| i.subscription.from() || i.pending_in.is_some() || i.preapproved)
-            {
+            if let Some(mut item) = mine.filter(|i| {
+                keep_mine && (i.subscription.from() || i.pending_in.is_some() || i.preapproved)
+            }) {
                 item.subscription = item.subscription.with_from(false);
                 item.pending_in = None;
                 item.preapproved = false;
                 if item.listed {
                     save_and_push(state, user, &item).await?;
                 } else {
-                    state.stores.rosters.remove(user, contact)?;
+                    state.stores.rosters.remove(user, contact, false)?;
                 }
             }
             if was_subscribed {

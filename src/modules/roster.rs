@@ -88,15 +88,15 @@ async fn set_item(ctx: &SessionCtx, payload: &Element) -> IqResult {
     if payload.children().count() != 1 {
         return Err(bad("a roster set carries exactly one item"));
     }
-    let contact = item
-        .attr("jid")
-        .and_then(|j| crate::addr::parse_jid(j).ok())
-        .ok_or_else(|| {
-            StanzaError::with_text(
-                StanzaErrorCondition::JidMalformed,
-                "the item's jid is not valid",
-            )
-        })?;
+    let Some(jid) = item.attr("jid") else {
+        return Err(bad("a roster item needs a jid"));
+    };
+    let contact = crate::addr::parse_jid(jid).ok().ok_or_else(|| {
+        StanzaError::with_text(
+            StanzaErrorCondition::JidMalformed,
+            "the item's jid is not valid",
+        )
+    })?;
     if contact.resource().is_some() {
         return Err(bad("a roster item is a bare JID"));
     }
@@ -141,7 +141,7 @@ async fn set_item(ctx: &SessionCtx, payload: &Element) -> IqResult {
         .map(String::from);
     stored.groups = groups;
     stored.listed = true;
-    let version = rosters.put(&user, &stored)?;
+    let version = rosters.put(&user, &stored, true)?;
     ctx.state.stores.flush().await?;
     push(&ctx.state, &user, &stored, version).await;
     Ok(None)
@@ -158,33 +158,18 @@ async fn remove(ctx: &SessionCtx, user: &BareJid, contact: &BareJid) -> IqResult
     else {
         return Err(StanzaErrorCondition::ItemNotFound.into());
     };
+    // The item goes first, with the one push the user sees (no intermediate states)...
+    let version = state.stores.rosters.remove(user, contact, true)?;
+    push_removal(state, user, contact, version).await;
+    // ...then the contact learns both subscriptions ended.
+    use super::presence::{after_roster_removal, Subscribe};
     if item.subscription.to() || item.ask {
-        super::presence::send_subscription(
-            state,
-            user,
-            contact,
-            super::presence::Subscribe::Unsubscribe,
-            None,
-        )
-        .await?;
+        after_roster_removal(state, user, contact, Subscribe::Unsubscribe, item.clone()).await?;
     }
     if item.subscription.from() || item.pending_in.is_some() {
-        super::presence::send_subscription(
-            state,
-            user,
-            contact,
-            super::presence::Subscribe::Unsubscribed,
-            None,
-        )
-        .await?;
+        after_roster_removal(state, user, contact, Subscribe::Unsubscribed, item).await?;
     }
-    let version = state.stores.rosters.remove(user, contact)?;
     state.stores.flush().await?;
-    let removed = RosterItem {
-        jid: contact.to_string(),
-        ..Default::default()
-    };
-    push_removal(state, user, &removed, version).await;
     Ok(None)
 }
 
@@ -195,9 +180,9 @@ pub async fn push(state: &ServerState, user: &BareJid, item: &RosterItem, versio
     }
 }
 
-async fn push_removal(state: &ServerState, user: &BareJid, item: &RosterItem, version: u64) {
+async fn push_removal(state: &ServerState, user: &BareJid, contact: &BareJid, version: u64) {
     let mut el = Element::bare("item", ns::ROSTER);
-    set_attr(&mut el, "jid", &item.jid);
+    set_attr(&mut el, "jid", contact.as_str());
     set_attr(&mut el, "subscription", "remove");
     send_push(state, user, el, version).await;
 }
@@ -224,7 +209,7 @@ pub async fn save_and_push(
     user: &BareJid,
     item: &RosterItem,
 ) -> Result<(), StoreError> {
-    let version = state.stores.rosters.put(user, item)?;
+    let version = state.stores.rosters.put(user, item, item.listed)?;
     push(state, user, item, version).await;
     Ok(())
 }

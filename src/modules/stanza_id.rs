@@ -21,11 +21,16 @@ pub const MODULE: Module = Module {
     )],
 };
 
-/// Replaces any `<stanza-id/>` by `by` with a new one, and returns the new id.
-pub fn stamp(message: &mut Element, by: &BareJid) -> String {
+/// Removes any `<stanza-id/>` claiming to be by `by` (XEP-0359 §5: they could be forged).
+pub fn strip(message: &mut Element, by: &BareJid) {
     crate::xml::retain_children(message, |c| {
         !(c.is("stanza-id", ns::STANZA_ID) && c.attr("by") == Some(by.as_str()))
     });
+}
+
+/// Replaces any `<stanza-id/>` by `by` with a new one, and returns the new id.
+pub fn stamp(message: &mut Element, by: &BareJid) -> String {
+    strip(message, by);
     let id = new_id();
     let mut stanza_id = Element::bare("stanza-id", ns::STANZA_ID);
     set_attr(&mut stanza_id, "id", &id);

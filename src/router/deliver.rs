@@ -93,7 +93,8 @@ async fn to_server(ctx: &SessionCtx, el: Element) {
 async fn to_bare(ctx: &SessionCtx, el: Element, bare: &BareJid) {
     match ctx.state.accounts.exists(bare) {
         Ok(true) => {}
-        // §8.5.1: no such user.
+        // §8.5.1: no such user (a headline is dropped silently).
+        Ok(false) if el.attr("type") == Some("headline") => return,
         Ok(false) => return refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await,
         Err(err) => return refuse(ctx, &el, StanzaError::from(err)).await,
     }
@@ -111,8 +112,8 @@ async fn to_bare(ctx: &SessionCtx, el: Element, bare: &BareJid) {
         "groupchat" => refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await,
         // Headlines go to every non-negative resource, or nowhere.
         "headline" => deliver(ctx, el, bare, &non_negative).await,
-        // Errors go to the top resources, or nowhere (never stored, never answered).
-        "error" => deliver(ctx, el, bare, &highest(non_negative)).await,
+        // §8.5.2.1.1: an error message to a bare JID is silently ignored.
+        "error" => {}
         // normal and chat: the most available resources (equal top priority), else offline storage.
         _ if non_negative.is_empty() => store_offline(ctx, el, bare).await,
         _ => deliver(ctx, el, bare, &highest(non_negative)).await,
@@ -151,8 +152,23 @@ async fn store_offline(ctx: &SessionCtx, mut el: Element, bare: &BareJid) {
         // Chat states and the like are dropped for offline users (XEP-0160 §3, XEP-0085).
         return;
     }
+    let gate = ctx.state.offline_gate.lock(bare).await;
+    // Re-checked under the gate: the user may have become available meanwhile.
+    let ready: Vec<SessionHandle> = ctx
+        .state
+        .router
+        .available(bare)
+        .into_iter()
+        .filter(|s| s.presence.priority() >= 0)
+        .collect();
+    if !ready.is_empty() {
+        drop(gate);
+        return deliver(ctx, el, bare, &highest(ready)).await;
+    }
     stanza_id::stamp(&mut el, bare);
-    match offline::store(&ctx.state, bare, &el).await {
+    let stored = offline::store(&ctx.state, bare, &el).await;
+    drop(gate);
+    match stored {
         Ok(true) => {}
         Ok(false) => {
             refuse(
@@ -178,6 +194,9 @@ async fn deliver(ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[
     let message = el.name() == "message";
     if message && el.attr("type") != Some("error") {
         stanza_id::stamp(&mut el, bare);
+    } else if message {
+        // No id of ours on an error, and no forged one either.
+        stanza_id::strip(&mut el, bare);
     }
     let bytes = Bytes::from(xml::serialize(&el));
     if bytes.is_empty() {

@@ -539,6 +539,13 @@ async fn handle_element(ctx: &SessionCtx, mut el: Element) -> Result<(), StreamE
         }
     }
     set_attr(&mut el, "from", ctx.jid.as_str());
+    if el.name() == "message" {
+        // XEP-0203 §5: a client may not pass off a delay stamp as this server's.
+        let domain = ctx.state.domain.as_str();
+        xml::retain_children(&mut el, |c| {
+            !(c.is("delay", ns::DELAY) && c.attr("from") == Some(domain))
+        });
+    }
     if el.name() == "iq" && !valid_iq(&el) {
         ctx.reply_error(&el, StanzaErrorCondition::BadRequest).await;
         return Ok(());

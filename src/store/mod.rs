@@ -132,10 +132,12 @@ pub trait RosterStore: Send + Sync {
     /// Every item of a user, listed or not, and the roster version.
     fn roster(&self, user: &BareJid) -> Result<(u64, Vec<RosterItem>), StoreError>;
     fn item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>, StoreError>;
-    /// Stores an item; returns the new roster version.
-    fn put(&self, user: &BareJid, item: &RosterItem) -> Result<u64, StoreError>;
-    /// Removes an item; returns the new roster version.
-    fn remove(&self, user: &BareJid, contact: &BareJid) -> Result<u64, StoreError>;
+    /// Stores an item; returns the roster version after it. `visible` says whether the change is
+    /// one the user's roster shows (then the version grows, RFC 6121 §2.6.3); hidden server-side
+    /// state such as a pending inbound request leaves the version alone.
+    fn put(&self, user: &BareJid, item: &RosterItem, visible: bool) -> Result<u64, StoreError>;
+    /// Removes an item; returns the roster version after it (grown only when `visible`).
+    fn remove(&self, user: &BareJid, contact: &BareJid, visible: bool) -> Result<u64, StoreError>;
     /// Removes a user's whole roster (account deleted).
     fn delete_user(&self, user: &BareJid) -> Result<(), StoreError>;
 }

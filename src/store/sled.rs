@@ -207,12 +207,14 @@ fn tx_abort(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
 }
 
 impl SledBackend {
-    /// Runs `change` on one roster key and bumps the roster version, atomically.
+    /// Writes or removes one roster key and, for a visible change, bumps the roster version,
+    /// atomically.
     fn change_roster(
         &self,
         user: &BareJid,
         contact: &BareJid,
         value: Option<Vec<u8>>,
+        visible: bool,
     ) -> Result<u64, StoreError> {
         let version_key = user_prefix(user);
         let item_key = contact_key(user, contact);
@@ -223,7 +225,7 @@ impl SledBackend {
                     .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
                     .map(u64::from_be_bytes)
                     .unwrap_or(0)
-                    + 1;
+                    + u64::from(visible);
                 tx.insert(version_key.as_slice(), &version.to_be_bytes())?;
                 match &value {
                     Some(v) => {
@@ -274,16 +276,16 @@ impl RosterStore for SledBackend {
         }
     }
 
-    fn put(&self, user: &BareJid, item: &RosterItem) -> Result<u64, StoreError> {
+    fn put(&self, user: &BareJid, item: &RosterItem, visible: bool) -> Result<u64, StoreError> {
         let contact = BareJid::new(&item.jid)
             .map_err(|e| StoreError::Backend(format!("roster item JID: {e}")))?;
         let mut value = vec![VALUE_VERSION];
         serde_json::to_writer(&mut value, item).map_err(|e| StoreError::Backend(e.to_string()))?;
-        self.change_roster(user, &contact, Some(value))
+        self.change_roster(user, &contact, Some(value), visible)
     }
 
-    fn remove(&self, user: &BareJid, contact: &BareJid) -> Result<u64, StoreError> {
-        self.change_roster(user, contact, None)
+    fn remove(&self, user: &BareJid, contact: &BareJid, visible: bool) -> Result<u64, StoreError> {
+        self.change_roster(user, contact, None, visible)
     }
 
     fn delete_user(&self, user: &BareJid) -> Result<(), StoreError> {
@@ -475,9 +477,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.roster(&alice).unwrap(), (0, vec![]));
-        assert_eq!(s.put(&alice, &item).unwrap(), 1);
-        assert_eq!(RosterStore::remove(&s, &alice, &bob).unwrap(), 2);
-        assert_eq!(s.put(&alice, &item).unwrap(), 3);
+        assert_eq!(s.put(&alice, &item, true).unwrap(), 1);
+        assert_eq!(RosterStore::remove(&s, &alice, &bob, true).unwrap(), 2);
+        assert_eq!(s.put(&alice, &item, true).unwrap(), 3);
+        // Hidden state does not move the version.
+        assert_eq!(s.put(&alice, &item, false).unwrap(), 3);
         assert_eq!(s.roster(&alice).unwrap(), (3, vec![item.clone()]));
         assert_eq!(s.item(&alice, &bob).unwrap(), Some(item));
         // Another user's prefix is not confused with alice's.
