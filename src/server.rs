@@ -33,6 +33,8 @@ pub struct ServerState {
     pub activity: crate::modules::activity::Activity,
     /// Orders offline storage against delivery per user (see `offline::Gate`).
     pub offline_gate: crate::modules::offline::Gate,
+    /// Stored messages that live sessions are delivering (see `offline::Claims`).
+    pub offline_claims: crate::modules::offline::Claims,
     pub started: Instant,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -89,6 +91,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         throttle: FailureThrottle::new(Duration::from_millis(config.auth.failure_delay_ms)),
         activity: crate::modules::activity::Activity::new(),
         offline_gate: Default::default(),
+        offline_claims: Default::default(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),

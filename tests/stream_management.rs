@@ -30,9 +30,23 @@ async fn enable(c: &mut Raw, resume: bool) -> String {
     let rest = c.expect("/>").await;
     assert!(
         !text.contains("<message"),
-        "unexpected stanza before <enabled/>: {text}"
+        "unexpected stanza before <enabled/>: {:.200}",
+        text
     );
     rest
+}
+
+/// Like real clients: bind, enable stream management, then send initial presence.
+async fn online_with_sm(server: &TestServer, user: &str, resource: &str) -> Raw {
+    let (mut c, jid) = logged_in(server, user, "pw", resource).await;
+    enable(&mut c, false).await;
+    c.send("<presence/>").await;
+    let before = c.expect(&format!("from='{jid}'")).await;
+    c.expect("/>").await;
+    if let Some(echo) = before.rfind("<presence") {
+        c.pending = before[..echo].to_string() + &c.pending;
+    }
+    c
 }
 
 fn attr<'a>(text: &'a str, name: &str) -> Option<&'a str> {
@@ -316,4 +330,100 @@ async fn acknowledged_messages_are_not_delivered_again() {
     let mut bob = online(&server, "bob", "laptop").await;
     let rest = bob.drain(Duration::from_millis(400)).await;
     assert!(!rest.contains("<body>seen</body>"), "{rest}");
+}
+
+/// Sends `count` messages with SM on and waits for the server's ack covering all of them.
+async fn send_acked(alice: &mut Raw, to: &str, count: u32) {
+    enable(alice, false).await;
+    for i in 0..count {
+        message(alice, to, &format!("crash-{i}")).await;
+    }
+    alice.send(&format!("<r xmlns='{SM}'/>")).await;
+    alice
+        .expect(&format!("<a xmlns='{SM}' h='{count}'/>"))
+        .await;
+}
+
+/// Reads until `count` messages crash-0.. have arrived; asserts order and no duplicates.
+async fn receive_all(bob: &mut Raw, count: u32) {
+    let mut text = String::new();
+    for i in 0..count {
+        text.push_str(&bob.expect(&format!("<body>crash-{i}</body>")).await);
+    }
+    text.push_str(&bob.drain(Duration::from_millis(400)).await);
+    for i in 0..count {
+        let seen = text.matches(&format!("<body>crash-{i}</body>")).count();
+        assert_eq!(seen, 1, "crash-{i} must arrive exactly once");
+    }
+}
+
+#[tokio::test]
+async fn acked_messages_to_an_offline_user_survive_sigkill_exactly_once() {
+    let mut server = TestServer::start();
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    {
+        let mut alice = online(&server, "alice", "a").await;
+        send_acked(&mut alice, "bob@localhost", 50).await;
+    }
+    // Acknowledged means stored: killing the server now loses none of them.
+    server.kill9();
+    let server = TestServer::restart(server);
+    let mut bob = online_with_sm(&server, "bob", "phone").await;
+    receive_all(&mut bob, 50).await;
+    bob.send(&format!("<a xmlns='{SM}' h='50'/>")).await;
+    bob.send("</stream:stream>").await;
+    bob.expect_closed().await;
+    let mut again = online(&server, "bob", "phone").await;
+    let rest = again.drain(Duration::from_millis(400)).await;
+    assert!(!rest.contains("crash-"), "delivered twice: {:.300}", rest);
+}
+
+#[tokio::test]
+async fn acked_messages_to_an_online_user_survive_sigkill_until_that_user_acks() {
+    let mut server = TestServer::start();
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    {
+        let mut bob = online(&server, "bob", "phone").await;
+        enable(&mut bob, true).await;
+        let mut alice = online(&server, "alice", "a").await;
+        send_acked(&mut alice, "bob@localhost", 20).await;
+        // Bob's client has them on the wire but has not acknowledged them when the server dies.
+        receive_all(&mut bob, 20).await;
+        server.kill9();
+    }
+    let server = TestServer::restart(server);
+    let mut bob = online_with_sm(&server, "bob", "phone").await;
+    receive_all(&mut bob, 20).await;
+    bob.send(&format!("<a xmlns='{SM}' h='20'/>")).await;
+    bob.send("</stream:stream>").await;
+    bob.expect_closed().await;
+    let mut again = online(&server, "bob", "phone").await;
+    let rest = again.drain(Duration::from_millis(400)).await;
+    assert!(
+        !rest.contains("crash-"),
+        "once acknowledged, never again: {rest}"
+    );
+}
+
+#[tokio::test]
+async fn messages_written_to_a_client_without_stream_management_are_not_kept() {
+    let server = TestServer::start();
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    let mut alice = online(&server, "alice", "a").await;
+    let mut bob = online(&server, "bob", "phone").await;
+    for i in 0..5 {
+        message(&mut alice, "bob@localhost", &format!("crash-{i}")).await;
+    }
+    receive_all(&mut bob, 5).await;
+    bob.send("</stream:stream>").await;
+    bob.expect_closed().await;
+    let mut again = online(&server, "bob", "laptop").await;
+    let rest = again.drain(Duration::from_millis(400)).await;
+    assert!(
+        !rest.contains("crash-"),
+        "written without SM counts as delivered: {rest}"
+    );
 }

@@ -78,6 +78,33 @@ pub async fn store(
     user: &BareJid,
     message: &Element,
 ) -> Result<bool, StoreError> {
+    let stored = keep(state, user, message, state.config.offline.max_messages)?.is_some();
+    if stored {
+        state.stores.flush().await?;
+    }
+    Ok(stored)
+}
+
+/// The durable copy of a message being delivered to an online session: it stays in the user's
+/// queue until the session's client acknowledges the message (XEP-0198), or the message was
+/// written to a client without stream management, so that a crash in between loses nothing.
+/// Not flushed here: the sender's ack waits for a group-committed flush (session `<r/>`).
+pub fn keep_in_flight(
+    state: &ServerState,
+    user: &BareJid,
+    message: &Element,
+) -> Result<u64, StoreError> {
+    keep(state, user, message, usize::MAX)?
+        .ok_or_else(|| StoreError::Backend("unbounded push refused".into()))
+}
+
+/// Stamps a message with our delay (unless it has one of ours) and appends it to the queue.
+fn keep(
+    state: &ServerState,
+    user: &BareJid,
+    message: &Element,
+    limit: usize,
+) -> Result<Option<u64>, StoreError> {
     let mut stamped = message.clone();
     // A delay from this server on a message is ours: forged ones are removed where messages enter
     // (session::handle_element), so one here comes from an earlier storage and keeps its time.
@@ -91,15 +118,10 @@ pub async fn store(
         delay.append_text("Offline storage");
         stamped.append_child(delay);
     }
-    let stored = state.stores.offline.push(
-        user,
-        &xml::serialize(&stamped),
-        state.config.offline.max_messages,
-    )?;
-    if stored {
-        state.stores.flush().await?;
-    }
-    Ok(stored)
+    state
+        .stores
+        .offline
+        .push(user, &xml::serialize(&stamped), limit)
 }
 
 /// Stores what a session that ended had not delivered or had not seen acknowledged (XEP-0198 §4):
@@ -153,9 +175,52 @@ impl Gate {
     }
 }
 
-/// Sends the session everything stored for its user, oldest first, then runs `become_available`,
-/// all under the user's gate. What is sent leaves the store; if the session then ends without the
-/// client acknowledging it, it comes back (session::finish).
+/// Stored messages a live session is delivering right now, per user. In memory only: after a
+/// crash nothing is claimed, so everything stored is delivered again.
+#[derive(Default)]
+pub struct Claims(
+    std::sync::Mutex<std::collections::HashMap<BareJid, std::collections::HashSet<u64>>>,
+);
+
+impl Claims {
+    /// Claims a stored message for a session; false when another session has it.
+    pub fn claim(&self, user: &BareJid, key: u64) -> bool {
+        self.0
+            .lock()
+            .map(|mut m| m.entry(user.clone()).or_default().insert(key))
+            .unwrap_or(false)
+    }
+
+    /// Gives stored messages back (their session ended before the client had them).
+    pub fn release(&self, user: &BareJid, keys: &[u64]) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(set) = m.get_mut(user) {
+                for key in keys {
+                    set.remove(key);
+                }
+                if set.is_empty() {
+                    m.remove(user);
+                }
+            }
+        }
+    }
+}
+
+/// The client has these stored messages (acknowledged, or written to a client without stream
+/// management): their copies leave the queue.
+pub fn settle(state: &ServerState, user: &BareJid, keys: &[u64]) {
+    if keys.is_empty() {
+        return;
+    }
+    if let Err(err) = state.stores.offline.remove(user, keys) {
+        tracing::error!(user = %user, error = %err, "cannot remove delivered messages from the queue");
+    }
+    state.offline_claims.release(user, keys);
+}
+
+/// Sends the session everything stored for its user that no other session is delivering, oldest
+/// first, then runs `become_available`, all under the user's gate. The copies stay stored until
+/// the client has them (`settle`), so neither a crash nor a lost connection loses them.
 pub async fn deliver_then(
     ctx: &SessionCtx,
     become_available: impl FnOnce(),
@@ -163,21 +228,25 @@ pub async fn deliver_then(
     let user = ctx.jid.to_bare();
     let gate = ctx.state.offline_gate.lock(&user).await;
     let stored = ctx.state.stores.offline.list(&user)?;
-    let mut delivered = Vec::with_capacity(stored.len());
+    let mut sent = 0;
     for (key, stanza) in stored {
-        if !ctx.handle.send(Outbound::Stanza(Bytes::from(stanza))).await {
+        if !ctx.state.offline_claims.claim(&user, key) {
+            continue;
+        }
+        if !ctx
+            .handle
+            .send(Outbound::Stored(Bytes::from(stanza), key))
+            .await
+        {
+            ctx.state.offline_claims.release(&user, &[key]);
             break;
         }
-        delivered.push(key);
-    }
-    if !delivered.is_empty() {
-        ctx.state.stores.offline.remove(&user, &delivered)?;
+        sent += 1;
     }
     become_available();
     drop(gate);
-    if !delivered.is_empty() {
-        ctx.state.stores.flush().await?;
-        tracing::debug!(jid = %ctx.jid, count = delivered.len(), "delivered offline messages");
+    if sent > 0 {
+        tracing::debug!(jid = %ctx.jid, count = sent, "delivering offline messages");
     }
     Ok(())
 }

@@ -202,8 +202,30 @@ async fn deliver(ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[
     if bytes.is_empty() {
         return;
     }
+    // A message worth keeping is also kept in the recipient's queue until a client has it, so that
+    // a crash between the sender's ack and the recipient's ack loses nothing.
+    let key = if message && offline::worth_storing(&el) {
+        match offline::keep_in_flight(&ctx.state, bare, &el) {
+            Ok(key) => {
+                ctx.state.offline_claims.claim(bare, key);
+                ctx.unflushed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Some(key)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot keep a copy of a message in flight");
+                None
+            }
+        }
+    } else {
+        None
+    };
     for session in sessions {
-        session.send(Outbound::Stanza(bytes.clone())).await;
+        let item = match key {
+            Some(key) => Outbound::Stored(bytes.clone(), key),
+            None => Outbound::Stanza(bytes.clone()),
+        };
+        session.send(item).await;
     }
     if message {
         crate::modules::carbons::received(&ctx.state, bare, &el, sessions).await;

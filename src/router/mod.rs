@@ -21,6 +21,9 @@ use crate::error::StreamError;
 pub enum Outbound {
     /// A serialized stanza (counted by stream management).
     Stanza(Bytes),
+    /// A message whose durable copy is in the user's offline queue under this key: the copy is
+    /// removed once the client has the message (see `offline::settle`).
+    Stored(Bytes, u64),
     /// A serialized nonza, such as a stream management ack (not counted).
     Nonza(Bytes),
     /// `<enabled/>`: stanzas written after it are counted (XEP-0198 §4).

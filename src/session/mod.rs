@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::error::{
     set_attr, StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition,
 };
+use crate::modules::offline;
 use crate::router::{Closing, Outbound, SessionHandle};
 use crate::server::ServerState;
 use crate::stream::Bound;
@@ -38,6 +39,9 @@ pub struct SessionCtx {
     pub handle: SessionHandle,
     /// State only this session's task touches (never held across an await).
     pub local: std::sync::Mutex<SessionLocal>,
+    /// Stanzas from this client were written to the store since the last flush: an ack must wait
+    /// for one (XEP-0198: acknowledged means stored).
+    pub unflushed: std::sync::atomic::AtomicBool,
 }
 
 /// Per-session state that other sessions do not need.
@@ -89,6 +93,7 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
         jid: jid.clone(),
         handle,
         local: Default::default(),
+        unflushed: Default::default(),
     };
     tracing::debug!(%peer, jid = %jid, tls, "session started");
     let (resume_tx, resume_rx) = mpsc::channel(1);
@@ -144,7 +149,7 @@ struct Session {
     resume_tx: mpsc::Sender<ResumeRequest>,
     resume_rx: mpsc::Receiver<ResumeRequest>,
     /// Stanzas queued while hibernating, sent on resumption.
-    pending: VecDeque<Bytes>,
+    pending: VecDeque<sm::Sent>,
     /// XEP-0352: true while the client says it is inactive; the writer watches it.
     inactive: watch::Sender<bool>,
 }
@@ -208,7 +213,7 @@ impl Session {
         writer: WriteHalf<Transport>,
         queue: mpsc::Receiver<Outbound>,
         first: Option<Bytes>,
-        resend: Vec<Bytes>,
+        resend: Vec<sm::Sent>,
     ) -> Connection {
         let (stop_tx, stop_rx) = watch::channel(None);
         let writer = tokio::spawn(write_loop(
@@ -217,6 +222,10 @@ impl Session {
             stop_rx,
             self.unacked.clone(),
             self.inactive.subscribe(),
+            Settle {
+                state: self.ctx.state.clone(),
+                user: self.ctx.jid.to_bare(),
+            },
             first,
             resend,
         ));
@@ -330,6 +339,18 @@ impl Session {
                     .await;
             }
             "r" if self.sm_enabled => {
+                // Acknowledged means durable: what the handled stanzas stored is flushed first
+                // (shared with every other session asking now: group commit).
+                if self
+                    .ctx
+                    .unflushed
+                    .swap(false, std::sync::atomic::Ordering::AcqRel)
+                {
+                    if let Err(err) = self.ctx.state.stores.flush().await {
+                        tracing::error!(error = %err, "flush before an ack failed");
+                        return Err(StreamError::new(StreamErrorCondition::InternalServerError));
+                    }
+                }
                 out(Bytes::from(format!(
                     "<a xmlns='{}' h='{}'/>",
                     sm::NS,
@@ -349,10 +370,12 @@ impl Session {
                     })?;
                 let result = match self.unacked.lock() {
                     Ok(mut unacked) => unacked.ack(h),
-                    Err(_) => Ok(()),
+                    Err(_) => Ok(Vec::new()),
                 };
-                if let Err(too_high) = result {
-                    return Err(handled_count_too_high(too_high));
+                match result {
+                    // The client has these: their stored copies can go.
+                    Ok(keys) => offline::settle(&self.ctx.state, &self.ctx.jid.to_bare(), &keys),
+                    Err(too_high) => return Err(handled_count_too_high(too_high)),
                 }
             }
             "r" | "a" => {}
@@ -384,7 +407,14 @@ impl Session {
                 Some(request) = self.resume_rx.recv() => return (Some(request), queue),
                 item = queue.recv() => match item {
                     Some(Outbound::Stanza(bytes)) => {
-                        self.pending.push_back(bytes);
+                        self.pending.push_back((bytes, None));
+                        if self.pending.len() > limit {
+                            tracing::info!(jid = %self.ctx.jid, "too much waiting for a hibernating session; ending it");
+                            return (None, queue);
+                        }
+                    }
+                    Some(Outbound::Stored(bytes, key)) => {
+                        self.pending.push_back((bytes, Some(key)));
                         if self.pending.len() > limit {
                             tracing::info!(jid = %self.ctx.jid, "too much waiting for a hibernating session; ending it");
                             return (None, queue);
@@ -414,10 +444,13 @@ impl Session {
         } = request;
         let resend = match self.unacked.lock() {
             Ok(mut unacked) => unacked.take_for_resend(h),
-            Err(_) => Ok(Vec::new()),
+            Err(_) => Ok((Vec::new(), Vec::new())),
         };
         let mut resend = match resend {
-            Ok(resend) => resend,
+            Ok((acked, resend)) => {
+                offline::settle(&self.ctx.state, &self.ctx.jid.to_bare(), &acked);
+                resend
+            }
             Err(too_high) => {
                 let mut bytes = sm::failed("unexpected-request", Some(self.handled)).to_vec();
                 bytes.extend(handled_count_too_high(too_high).to_bytes());
@@ -450,19 +483,31 @@ impl Session {
         // Unregister first so that messages stored below, and any arriving now, go offline rather
         // than to this dead session.
         state.router.unregister(&jid, self.ctx.handle.id);
-        let mut undelivered: Vec<Bytes> = self
+        let mut left: Vec<sm::Sent> = self
             .unacked
             .lock()
             .map(|mut u| u.take_all())
             .unwrap_or_default();
-        undelivered.extend(self.pending.drain(..));
+        left.extend(self.pending.drain(..));
         queue.close();
         while let Ok(item) = queue.try_recv() {
-            if let Outbound::Stanza(bytes) = item {
-                undelivered.push(bytes);
+            match item {
+                Outbound::Stanza(bytes) => left.push((bytes, None)),
+                Outbound::Stored(bytes, key) => left.push((bytes, Some(key))),
+                _ => {}
             }
         }
-        crate::modules::offline::store_undelivered(&state, &jid.to_bare(), undelivered).await;
+        // Messages with a stored copy stay stored for the next login (given back here); the others
+        // worth keeping are stored now.
+        let user = jid.to_bare();
+        let keys: Vec<u64> = left.iter().filter_map(|(_, key)| *key).collect();
+        state.offline_claims.release(&user, &keys);
+        let unstored = left
+            .into_iter()
+            .filter(|(_, key)| key.is_none())
+            .map(|(bytes, _)| bytes)
+            .collect();
+        offline::store_undelivered(&state, &user, unstored).await;
         // Unavailable presence for a session that ends without saying so (RFC 6121 §4.5.3), unless a
         // new connection took over this full JID: then the resource did not go away.
         if current {
@@ -591,37 +636,39 @@ fn valid_iq(el: &Element) -> bool {
 /// Owns the write half: writes queued stanzas in batches, records them for stream management,
 /// asks for acks, and writes the closing bytes when told to stop. Returns the queue so that a
 /// resumed session can go on with it.
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut writer: WriteHalf<Transport>,
     mut queue: mpsc::Receiver<Outbound>,
     mut stop: watch::Receiver<Option<Bytes>>,
     unacked: Arc<Mutex<Unacked>>,
     mut inactive: watch::Receiver<bool>,
+    settle: Settle,
     first: Option<Bytes>,
-    resend: Vec<Bytes>,
+    resend: Vec<sm::Sent>,
 ) -> mpsc::Receiver<Outbound> {
     const BATCH: usize = 64 * 1024;
-    let mut held = csi::Held::default();
     const WRITE_WAIT: Duration = Duration::from_secs(30);
-    let mut buf: Vec<u8> = Vec::new();
+    let mut held = csi::Held::default();
+    let mut out = Out::default();
     if let Some(first) = first {
-        buf.extend_from_slice(&first);
+        out.buf.extend_from_slice(&first);
     }
-    for stanza in resend {
-        record(&unacked, &mut buf, &Outbound::Stanza(stanza));
+    for (stanza, key) in resend {
+        out.record(&unacked, &sent_item(stanza, key));
     }
     loop {
-        if !buf.is_empty() {
-            request_ack(&unacked, &mut buf);
+        if !out.buf.is_empty() {
+            request_ack(&unacked, &mut out.buf);
             let write = async {
-                writer.write_all(&buf).await?;
+                writer.write_all(&out.buf).await?;
                 writer.flush().await
             };
             if !matches!(tokio::time::timeout(WRITE_WAIT, write).await, Ok(Ok(()))) {
+                out.failed(&settle);
                 return queue;
             }
-            buf.clear();
-            buf.shrink_to(4096);
+            out.written(&settle);
         }
         tokio::select! {
             biased;
@@ -629,37 +676,41 @@ async fn write_loop(
                 let closing = stop.borrow().clone().unwrap_or_default();
                 if !closing.is_empty() {
                     // What was queued before the close still goes out first.
-                    while buf.len() < BATCH {
+                    while out.buf.len() < BATCH {
                         match queue.try_recv() {
-                            Ok(item) => record(&unacked, &mut buf, &item),
+                            Ok(item) => out.record(&unacked, &item),
                             Err(_) => break,
                         }
                     }
-                    buf.extend_from_slice(&closing);
+                    out.buf.extend_from_slice(&closing);
                     let finish = async {
-                        writer.write_all(&buf).await?;
+                        writer.write_all(&out.buf).await?;
                         writer.flush().await?;
                         writer.shutdown().await
                     };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), finish).await;
+                    if matches!(tokio::time::timeout(Duration::from_secs(2), finish).await, Ok(Ok(()))) {
+                        out.written(&settle);
+                    } else {
+                        out.failed(&settle);
+                    }
                 }
                 return queue;
             }
             _ = inactive.changed() => {
                 if !*inactive.borrow() {
                     for stanza in held.take() {
-                        record(&unacked, &mut buf, &Outbound::Stanza(stanza));
+                        out.record(&unacked, &Outbound::Stanza(stanza));
                     }
                 }
             }
             item = queue.recv() => match item {
                 Some(item) => {
                     let quiet = *inactive.borrow();
-                    admit(&unacked, &mut buf, &mut held, quiet, item);
+                    out.admit(&unacked, &mut held, quiet, item);
                     // Take whatever else is already queued, so a burst becomes one write.
-                    while buf.len() < BATCH {
+                    while out.buf.len() < BATCH {
                         match queue.try_recv() {
-                            Ok(item) => admit(&unacked, &mut buf, &mut held, quiet, item),
+                            Ok(item) => out.admit(&unacked, &mut held, quiet, item),
                             Err(_) => break,
                         }
                     }
@@ -670,43 +721,94 @@ async fn write_loop(
     }
 }
 
-/// Writes an item, or holds it while the client is inactive if it can wait (XEP-0352). Anything
-/// that cannot wait takes the held stanzas out with it, in order.
-fn admit(
-    unacked: &Mutex<Unacked>,
-    buf: &mut Vec<u8>,
-    held: &mut csi::Held,
-    inactive: bool,
-    item: Outbound,
-) {
-    if let Outbound::Stanza(bytes) = &item {
-        if inactive && csi::can_wait(bytes) {
-            held.hold(bytes.clone());
-            return;
-        }
-        if !held.is_empty() {
-            for stanza in held.take() {
-                record(unacked, buf, &Outbound::Stanza(stanza));
-            }
-        }
+/// The queue item for a stanza to send again.
+fn sent_item(stanza: Bytes, key: Option<u64>) -> Outbound {
+    match key {
+        Some(key) => Outbound::Stored(stanza, key),
+        None => Outbound::Stanza(stanza),
     }
-    record(unacked, buf, &item);
 }
 
-/// Appends an outbound item to the write buffer, counting stanzas for stream management.
-fn record(unacked: &Mutex<Unacked>, buf: &mut Vec<u8>, item: &Outbound) {
-    match item {
-        Outbound::Stanza(bytes) => {
-            if let Ok(mut u) = unacked.lock() {
-                u.sent(bytes);
+/// Settles stored copies of messages written to a client without stream management.
+struct Settle {
+    state: Arc<ServerState>,
+    user: jid::BareJid,
+}
+
+/// The next write: its bytes, and the stored copies it delivers (to settle once written).
+#[derive(Default)]
+struct Out {
+    buf: Vec<u8>,
+    delivers: Vec<u64>,
+}
+
+impl Out {
+    /// After a successful write: the copies it delivered leave the store.
+    fn written(&mut self, settle: &Settle) {
+        offline::settle(&settle.state, &settle.user, &self.delivers);
+        self.delivers.clear();
+        self.buf.clear();
+        self.buf.shrink_to(4096);
+    }
+
+    /// After a failed write: the copies stay stored, free for the next session to deliver.
+    fn failed(&mut self, settle: &Settle) {
+        settle
+            .state
+            .offline_claims
+            .release(&settle.user, &self.delivers);
+        self.delivers.clear();
+    }
+
+    /// Writes an item, or holds it while the client is inactive if it can wait (XEP-0352). Anything
+    /// that cannot wait takes the held stanzas out with it, in order.
+    fn admit(
+        &mut self,
+        unacked: &Mutex<Unacked>,
+        held: &mut csi::Held,
+        inactive: bool,
+        item: Outbound,
+    ) {
+        if let Outbound::Stanza(bytes) = &item {
+            if inactive && csi::can_wait(bytes) {
+                held.hold(bytes.clone());
+                return;
             }
-            buf.extend_from_slice(bytes);
         }
-        Outbound::Nonza(bytes) => buf.extend_from_slice(bytes),
-        Outbound::EnableSm(bytes) => {
-            buf.extend_from_slice(bytes);
-            if let Ok(mut u) = unacked.lock() {
-                u.counting = true;
+        if !held.is_empty() && matches!(item, Outbound::Stanza(_) | Outbound::Stored(..)) {
+            for stanza in held.take() {
+                self.record(unacked, &Outbound::Stanza(stanza));
+            }
+        }
+        self.record(unacked, &item);
+    }
+
+    /// Appends an item to the buffer, counting stanzas for stream management.
+    fn record(&mut self, unacked: &Mutex<Unacked>, item: &Outbound) {
+        match item {
+            Outbound::Stanza(bytes) => {
+                if let Ok(mut u) = unacked.lock() {
+                    u.sent(bytes, None);
+                }
+                self.buf.extend_from_slice(bytes);
+            }
+            Outbound::Stored(bytes, key) => {
+                let counted = unacked
+                    .lock()
+                    .map(|mut u| u.sent(bytes, Some(*key)))
+                    .unwrap_or(false);
+                if !counted {
+                    // No acks will come: written is delivered.
+                    self.delivers.push(*key);
+                }
+                self.buf.extend_from_slice(bytes);
+            }
+            Outbound::Nonza(bytes) => self.buf.extend_from_slice(bytes),
+            Outbound::EnableSm(bytes) => {
+                self.buf.extend_from_slice(bytes);
+                if let Ok(mut u) = unacked.lock() {
+                    u.counting = true;
+                }
             }
         }
     }

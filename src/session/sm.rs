@@ -36,11 +36,15 @@ pub struct Unacked {
     sent: u32,
     /// The last `h` the client acknowledged.
     acked: u32,
-    /// Sent and not acknowledged, oldest first (`sent - acked` of them).
-    queue: VecDeque<Bytes>,
+    /// Sent and not acknowledged, oldest first (`sent - acked` of them), with the key of each
+    /// one's stored copy, if it has one.
+    queue: VecDeque<Sent>,
     /// An `<r/>` is out and not yet answered.
     pub requested: bool,
 }
+
+/// A stanza as sent, with the key of its durable copy (see `offline::keep_in_flight`).
+pub type Sent = (Bytes, Option<u64>);
 
 /// The client acknowledged more than was sent (XEP-0198 §5).
 #[derive(Debug, Clone, Copy)]
@@ -50,35 +54,43 @@ pub struct TooHigh {
 }
 
 impl Unacked {
-    /// Records a stanza going out.
-    pub fn sent(&mut self, stanza: &Bytes) {
+    /// Records a stanza going out; false when it is not counted (stream management is off), so
+    /// the caller treats it as delivered once written.
+    pub fn sent(&mut self, stanza: &Bytes, key: Option<u64>) -> bool {
         if self.counting {
             self.sent = self.sent.wrapping_add(1);
-            self.queue.push_back(stanza.clone());
+            self.queue.push_back((stanza.clone(), key));
         }
+        self.counting
     }
 
-    /// Applies `<a h='N'/>`: everything up to N was handled.
-    pub fn ack(&mut self, h: u32) -> Result<(), TooHigh> {
+    /// Applies `<a h='N'/>`: everything up to N was handled. Returns the stored-copy keys of the
+    /// stanzas this acknowledges.
+    pub fn ack(&mut self, h: u32) -> Result<Vec<u64>, TooHigh> {
         let newly = h.wrapping_sub(self.acked) as usize;
         if newly > self.queue.len() {
             return Err(TooHigh { h, sent: self.sent });
         }
-        self.queue.drain(..newly);
+        let keys = self
+            .queue
+            .drain(..newly)
+            .filter_map(|(_, key)| key)
+            .collect();
         self.acked = h;
         self.requested = false;
-        Ok(())
+        Ok(keys)
     }
 
-    /// For resumption: applies `h`, then takes what must be sent again (counted anew as it goes out).
-    pub fn take_for_resend(&mut self, h: u32) -> Result<Vec<Bytes>, TooHigh> {
-        self.ack(h)?;
+    /// For resumption: applies `h` (returning the acknowledged keys), then takes what must be sent
+    /// again (counted anew as it goes out).
+    pub fn take_for_resend(&mut self, h: u32) -> Result<(Vec<u64>, Vec<Sent>), TooHigh> {
+        let acked = self.ack(h)?;
         self.sent = self.acked;
-        Ok(self.queue.drain(..).collect())
+        Ok((acked, self.queue.drain(..).collect()))
     }
 
-    /// Everything never acknowledged, for offline storage when the session ends.
-    pub fn take_all(&mut self) -> Vec<Bytes> {
+    /// Everything never acknowledged, when the session ends.
+    pub fn take_all(&mut self) -> Vec<Sent> {
         self.queue.drain(..).collect()
     }
 
@@ -121,17 +133,21 @@ mod tests {
     #[test]
     fn acks_resend_and_wraparound() {
         let mut u = Unacked::default();
-        u.sent(&Bytes::from_static(b"ignored before enable"));
+        assert!(!u.sent(&Bytes::from_static(b"ignored before enable"), None));
         assert!(u.is_empty());
         u.counting = true;
         for i in 0..5 {
-            u.sent(&Bytes::from(format!("s{i}")));
+            u.sent(&Bytes::from(format!("s{i}")), Some(i));
         }
-        u.ack(2).unwrap();
+        assert_eq!(u.ack(2).unwrap(), vec![0, 1]);
         assert_eq!(u.len(), 3);
         assert!(u.ack(9).is_err());
-        let again = u.take_for_resend(3).unwrap();
-        assert_eq!(again, vec![Bytes::from("s3"), Bytes::from("s4")]);
+        let (acked, again) = u.take_for_resend(3).unwrap();
+        assert_eq!(acked, vec![2]);
+        assert_eq!(
+            again,
+            vec![(Bytes::from("s3"), Some(3)), (Bytes::from("s4"), Some(4))]
+        );
         assert!(u.is_empty());
         // Counting wraps at 2^32.
         let mut w = Unacked {
@@ -140,8 +156,8 @@ mod tests {
             acked: u32::MAX,
             ..Default::default()
         };
-        w.sent(&Bytes::from("a"));
-        w.sent(&Bytes::from("b"));
+        w.sent(&Bytes::from("a"), None);
+        w.sent(&Bytes::from("b"), None);
         w.ack(0).unwrap();
         assert_eq!(w.len(), 1);
     }

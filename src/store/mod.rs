@@ -144,8 +144,9 @@ pub trait RosterStore: Send + Sync {
 
 /// Messages held for a user who was not online to receive them (XEP-0160), in arrival order.
 pub trait OfflineStore: Send + Sync {
-    /// Appends a serialized stanza unless the user already has `limit` stored; false when full.
-    fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<bool, StoreError>;
+    /// Appends a serialized stanza unless the user already has `limit` stored; returns its key, or
+    /// `None` when full.
+    fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<Option<u64>, StoreError>;
     /// The stored stanzas, oldest first, with the keys that remove them.
     fn list(&self, user: &BareJid) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     fn remove(&self, user: &BareJid, keys: &[u64]) -> Result<(), StoreError>;
@@ -186,6 +187,18 @@ pub struct Stores {
     pub activity: Arc<dyn ActivityStore>,
     pub values: Arc<dyn KeyValueStore>,
     durability: Arc<dyn Durability>,
+    commit: Arc<GroupCommit>,
+}
+
+/// Group commit: callers that ask for durability at about the same time share one flush.
+///
+/// Each caller takes a ticket after its writes; one flush at a time runs, and a flush started after
+/// a ticket was taken covers it. Callers whose ticket is already covered return at once.
+#[derive(Default)]
+struct GroupCommit {
+    issued: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+    running: tokio::sync::Mutex<()>,
 }
 
 impl Stores {
@@ -199,15 +212,27 @@ impl Stores {
             activity: backend.clone(),
             values: backend.clone(),
             durability: backend,
+            commit: Arc::default(),
         })
     }
 
     /// Waits until every write made so far is on disk. Call before confirming a write to anyone.
+    /// Concurrent callers share flushes (group commit).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let ticket = self.commit.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let _running = self.commit.running.lock().await;
+        if self.commit.done.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        // Every ticket issued by now was taken after its writes: this flush covers them all.
+        let covered = self.commit.issued.load(Ordering::SeqCst);
         let durability = self.durability.clone();
         tokio::task::spawn_blocking(move || durability.flush())
             .await
-            .map_err(|e| StoreError::Backend(format!("flush task failed: {e}")))?
+            .map_err(|e| StoreError::Backend(format!("flush task failed: {e}")))??;
+        self.commit.done.fetch_max(covered, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Blocking flush, for shutdown and command-line paths outside the runtime.

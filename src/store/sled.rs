@@ -294,9 +294,9 @@ impl RosterStore for SledBackend {
 }
 
 impl OfflineStore for SledBackend {
-    fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<bool, StoreError> {
-        if self.count(user)? >= limit {
-            return Ok(false);
+    fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<Option<u64>, StoreError> {
+        if limit != usize::MAX && self.count(user)? >= limit {
+            return Ok(None);
         }
         let id = self.db.generate_id().map_err(backend)?;
         let mut key = user_prefix(user);
@@ -305,7 +305,7 @@ impl OfflineStore for SledBackend {
         value.push(VALUE_VERSION);
         value.extend_from_slice(stanza);
         self.offline.insert(key, value).map_err(backend)?;
-        Ok(true)
+        Ok(Some(id))
     }
 
     fn list(&self, user: &BareJid) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -500,9 +500,12 @@ mod tests {
         let s = SledBackend::open(dir.path()).unwrap();
         let bob = BareJid::new("bob@example.org").unwrap();
         for i in 0..3 {
-            assert!(s.push(&bob, format!("m{i}").as_bytes(), 3).unwrap());
+            assert!(s
+                .push(&bob, format!("m{i}").as_bytes(), 3)
+                .unwrap()
+                .is_some());
         }
-        assert!(!s.push(&bob, b"m3", 3).unwrap());
+        assert!(s.push(&bob, b"m3", 3).unwrap().is_none());
         let stored = OfflineStore::list(&s, &bob).unwrap();
         let bodies: Vec<&[u8]> = stored.iter().map(|(_, b)| b.as_slice()).collect();
         assert_eq!(bodies, vec![&b"m0"[..], b"m1", b"m2"]);

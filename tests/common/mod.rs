@@ -236,6 +236,14 @@ failure_delay_ms = {delay}
         }
     }
 
+    /// Kills the server with SIGKILL (no shutdown, no final flush) and waits until it is gone.
+    pub fn kill9(&mut self) {
+        unsafe {
+            libc_kill(self.child.id() as i32, 9);
+        }
+        let _ = self.child.wait();
+    }
+
     /// The server's process id (for reading /proc in benchmarks).
     pub fn pid(&self) -> u32 {
         self.child.id()
