@@ -377,6 +377,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_documents_exactly_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/rookery.toml"));
+        let shipped = Config::load(path).unwrap();
+        assert_eq!(
+            format!("{shipped:?}"),
+            format!("{:?}", Config::default()),
+            "conf/rookery.toml must show every key with its default"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let e = Config::parse(
             "[c2s]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n",
