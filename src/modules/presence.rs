@@ -331,25 +331,33 @@ fn blocked_between(state: &ServerState, recipient: &BareJid, presence: &Element)
         || super::blocking::blocks(state, &sender_bare, &Jid::from(recipient.clone()))
 }
 
+/// The local account `jid` names, if it receives `user`'s presence (a `from`/`both` subscription).
+fn local_subscriber(
+    state: &ServerState,
+    user: &BareJid,
+    jid: &str,
+) -> Result<Option<BareJid>, StoreError> {
+    let Ok(target) = BareJid::new(jid) else {
+        return Ok(None);
+    };
+    let subscribed = target.domain().as_str() == state.domain
+        && state
+            .stores
+            .rosters
+            .item(user, &target)?
+            .is_some_and(|i| i.subscription.from());
+    Ok(subscribed.then_some(target))
+}
+
 /// When `user` blocks `jid`: if it could see the user's presence, it sees the user go away.
 pub async fn unavailable_to_blocked(
     state: &ServerState,
     user: &BareJid,
     jid: &str,
 ) -> Result<(), StoreError> {
-    let Ok(target) = BareJid::new(jid) else {
-        return Ok(());
-    };
-    if target.domain().as_str() != state.domain
-        || !state
-            .stores
-            .rosters
-            .item(user, &target)?
-            .is_some_and(|i| i.subscription.from())
-    {
-        return Ok(());
+    if let Some(target) = local_subscriber(state, user, jid)? {
+        unavailable_to(state, user, &target).await;
     }
-    unavailable_to(state, user, &target).await;
     Ok(())
 }
 
@@ -359,19 +367,9 @@ pub async fn presence_to_unblocked(
     user: &BareJid,
     jid: &str,
 ) -> Result<(), StoreError> {
-    let Ok(target) = BareJid::new(jid) else {
-        return Ok(());
-    };
-    if target.domain().as_str() != state.domain
-        || !state
-            .stores
-            .rosters
-            .item(user, &target)?
-            .is_some_and(|i| i.subscription.from())
-    {
-        return Ok(());
+    if let Some(target) = local_subscriber(state, user, jid)? {
+        current_presence_to(state, user, &state.router.available(&target)).await;
     }
-    current_presence_to(state, user, &state.router.available(&target)).await;
     Ok(())
 }
 
