@@ -33,6 +33,11 @@ const KEY: &str = "blocklist";
 pub struct Blocklist(Vec<String>);
 
 impl Blocklist {
+    /// A list of the given normalized JIDs.
+    pub fn of(jids: Vec<String>) -> Blocklist {
+        Blocklist(jids)
+    }
+
     pub fn load(state: &ServerState, user: &BareJid) -> Result<Blocklist, StoreError> {
         let raw = state
             .stores
@@ -132,7 +137,16 @@ pub async fn handle(ctx: &SessionCtx, set: bool, payload: &Element) -> IqResult 
                     "block at least one JID",
                 ));
             }
-            let new: Vec<String> = jids.into_iter().filter(|j| !list.0.contains(j)).collect();
+            let mut new: Vec<String> = Vec::new();
+            for jid in jids {
+                if !list.0.contains(&jid) && !new.contains(&jid) {
+                    new.push(jid);
+                }
+            }
+            if new.is_empty() {
+                // Already blocked: nothing changes, nothing to push (a push needs items, §10).
+                return Ok(None);
+            }
             // Contacts that could see the user's presence see it go away (§3.3).
             for jid in &new {
                 super::presence::unavailable_to_blocked(state, &user, jid).await?;
@@ -157,6 +171,10 @@ pub async fn handle(ctx: &SessionCtx, set: bool, payload: &Element) -> IqResult 
                 list.0.retain(|j| !jids.contains(j));
                 removed
             };
+            if !jids.is_empty() && removed.is_empty() {
+                // None of them was blocked: nothing changes. (An empty push would mean "all", §3.5.)
+                return Ok(None);
+            }
             list.save(state, &user)?;
             state.stores.flush().await?;
             // An empty <unblock/> push means "everything" (§3.5).

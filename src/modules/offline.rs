@@ -228,9 +228,21 @@ pub async fn deliver_then(
     let user = ctx.jid.to_bare();
     let gate = ctx.state.offline_gate.lock(&user).await;
     let stored = ctx.state.stores.offline.list(&user)?;
+    let blocklist = super::blocking::Blocklist::load(&ctx.state, &user)?;
     let mut sent = 0;
     for (key, stanza) in stored {
         if !ctx.state.offline_claims.claim(&user, key) {
+            continue;
+        }
+        // Another session may have delivered it since the listing: `settle` removes before it
+        // releases, so a claim that succeeds on a removed entry is caught here.
+        if !ctx.state.stores.offline.contains(&user, key)? {
+            ctx.state.offline_claims.release(&user, &[key]);
+            continue;
+        }
+        if blocked_sender(&blocklist, &stanza) {
+            // Blocked since it was stored (XEP-0191 §3.3): never delivered.
+            settle(&ctx.state, &user, &[key]);
             continue;
         }
         if !ctx
@@ -249,6 +261,19 @@ pub async fn deliver_then(
         tracing::debug!(jid = %ctx.jid, count = sent, "delivering offline messages");
     }
     Ok(())
+}
+
+/// Whether a stored stanza comes from someone the blocklist blocks.
+fn blocked_sender(blocklist: &super::blocking::Blocklist, stanza: &[u8]) -> bool {
+    let Ok(el) = std::str::from_utf8(stanza)
+        .unwrap_or_default()
+        .parse::<Element>()
+    else {
+        return false;
+    };
+    el.attr("from")
+        .and_then(|f| jid::Jid::new(f).ok())
+        .is_some_and(|from| blocklist.blocks(&from))
 }
 
 /// Now in the XEP-0082 DateTime profile, UTC with milliseconds.

@@ -121,12 +121,14 @@ async fn send_one(session: &SessionHandle, el: &Element) {
 /// Sends `presence` (addressed to `to`'s bare JID) to every available session of `to`.
 async fn to_available(state: &ServerState, to: &BareJid, presence: &Element) {
     let sessions = state.router.available(to);
-    if sessions.is_empty() || blocked_between(state, to, presence) {
+    if sessions.is_empty() {
         return;
     }
     let bytes = Bytes::from(xml::serialize(&addressed(presence, to.as_str())));
     for session in sessions {
-        session.send(Outbound::Stanza(bytes.clone())).await;
+        if !blocked_between(state, &Jid::from(session.jid.clone()), presence) {
+            session.send(Outbound::Stanza(bytes.clone())).await;
+        }
     }
 }
 
@@ -271,7 +273,7 @@ async fn directed(ctx: &SessionCtx, el: Element, to: Jid) -> Result<(), StoreErr
 /// Delivers available or unavailable presence to a local JID: to that session for a full JID, to
 /// every available session for a bare JID; dropped when there is none (presence is never stored).
 async fn deliver_directed(state: &ServerState, el: &Element, to: &Jid) {
-    if blocked_between(state, &to.to_bare(), el) {
+    if blocked_between(state, to, el) {
         return;
     }
     match to.try_as_full() {
@@ -305,7 +307,7 @@ async fn current_presence_to(state: &ServerState, contact: &BareJid, recipients:
     for session in state.router.available(contact) {
         if let Some(last) = session.presence.last() {
             for recipient in recipients {
-                if blocked_between(state, &recipient.jid.to_bare(), &last) {
+                if blocked_between(state, &Jid::from(recipient.jid.clone()), &last) {
                     continue;
                 }
                 send_one(
@@ -318,58 +320,72 @@ async fn current_presence_to(state: &ServerState, contact: &BareJid, recipients:
     }
 }
 
-/// XEP-0191: presence does not pass between a user and someone either of them blocks.
-fn blocked_between(state: &ServerState, recipient: &BareJid, presence: &Element) -> bool {
+/// XEP-0191: presence does not pass between a user and someone either of them blocks (matched on
+/// full JIDs, so a blocked resource is blocked alone).
+fn blocked_between(state: &ServerState, recipient: &Jid, presence: &Element) -> bool {
     let Some(sender) = presence.attr("from").and_then(|f| Jid::new(f).ok()) else {
         return false;
     };
-    let sender_bare = sender.to_bare();
-    if &sender_bare == recipient {
+    let (sender_bare, recipient_bare) = (sender.to_bare(), recipient.to_bare());
+    if sender_bare == recipient_bare {
         return false;
     }
-    super::blocking::blocks(state, recipient, &sender)
-        || super::blocking::blocks(state, &sender_bare, &Jid::from(recipient.clone()))
+    super::blocking::blocks(state, &recipient_bare, &sender)
+        || super::blocking::blocks(state, &sender_bare, recipient)
 }
 
-/// The local account `jid` names, if it receives `user`'s presence (a `from`/`both` subscription).
-fn local_subscriber(
+/// The sessions of `user`'s subscribers (`from`/`both`) that a blocklist item names: all
+/// resources of a contact for a bare JID, one resource for a full JID, every contact of a domain.
+fn subscribers_named(
     state: &ServerState,
     user: &BareJid,
-    jid: &str,
-) -> Result<Option<BareJid>, StoreError> {
-    let Ok(target) = BareJid::new(jid) else {
-        return Ok(None);
+    item: &str,
+) -> Result<Vec<SessionHandle>, StoreError> {
+    let Ok(item) = Jid::new(item) else {
+        return Ok(Vec::new());
     };
-    let subscribed = target.domain().as_str() == state.domain
-        && state
-            .stores
-            .rosters
-            .item(user, &target)?
-            .is_some_and(|i| i.subscription.from());
-    Ok(subscribed.then_some(target))
+    let list = super::blocking::Blocklist::of(vec![item.to_string()]);
+    let (_, roster) = state.stores.rosters.roster(user)?;
+    let mut sessions = Vec::new();
+    for contact in roster.iter().filter(|i| i.subscription.from()) {
+        let Ok(contact) = BareJid::new(&contact.jid) else {
+            continue;
+        };
+        for session in state.router.available(&contact) {
+            if list.blocks(&Jid::from(session.jid.clone())) {
+                sessions.push(session);
+            }
+        }
+    }
+    Ok(sessions)
 }
 
-/// When `user` blocks `jid`: if it could see the user's presence, it sees the user go away.
+/// When `user` blocks `item`: subscribers it names see the user go away (XEP-0191 §3.3).
 pub async fn unavailable_to_blocked(
     state: &ServerState,
     user: &BareJid,
-    jid: &str,
+    item: &str,
 ) -> Result<(), StoreError> {
-    if let Some(target) = local_subscriber(state, user, jid)? {
-        unavailable_to(state, user, &target).await;
+    let recipients = subscribers_named(state, user, item)?;
+    for session in state.router.available(user) {
+        let mut el = Element::bare("presence", ns::CLIENT);
+        set_attr(&mut el, "from", session.jid.as_str());
+        set_attr(&mut el, "type", "unavailable");
+        for recipient in &recipients {
+            send_one(recipient, &addressed(&el, recipient.jid.to_bare().as_str())).await;
+        }
     }
     Ok(())
 }
 
-/// When `user` unblocks `jid`: if it may see the user's presence, it gets it again.
+/// When `user` unblocks `item`: subscribers it names get the user's presence again (§3.5).
 pub async fn presence_to_unblocked(
     state: &ServerState,
     user: &BareJid,
-    jid: &str,
+    item: &str,
 ) -> Result<(), StoreError> {
-    if let Some(target) = local_subscriber(state, user, jid)? {
-        current_presence_to(state, user, &state.router.available(&target)).await;
-    }
+    let recipients = subscribers_named(state, user, item)?;
+    current_presence_to(state, user, &recipients).await;
     Ok(())
 }
 

@@ -15,11 +15,16 @@ use crate::xml;
 /// Routes a stanza whose `from` was stamped and whose `to` was parsed.
 pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
     if let Some(to) = &to {
-        if el.attr("type") != Some("error") && to.node().is_some() {
-            let sender = ctx.jid.to_bare();
-            // XEP-0191 §3.4: nothing goes to someone the user blocks...
+        let sender = ctx.jid.to_bare();
+        // The resources of one account are never blocked from each other (XEP-0191 §5).
+        if to.node().is_some() && to.to_bare() != sender {
+            let error = el.attr("type") == Some("error");
+            // XEP-0191 §3.4: nothing goes to someone the user blocks (an error is just dropped)...
             if blocking::blocks(&ctx.state, &sender, to) {
-                return refuse(ctx, &el, blocking::blocked_error()).await;
+                if !error {
+                    refuse(ctx, &el, blocking::blocked_error()).await;
+                }
+                return;
             }
             // ...and nothing arrives from someone the recipient blocks (§3.3): presence silently,
             // messages and iq requests with <service-unavailable/>.

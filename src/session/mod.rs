@@ -130,9 +130,9 @@ enum End {
 /// One connection of a session: its reader here, its writer in a task.
 struct Connection {
     reader: XmlReader<ReadHalf<Transport>>,
-    writer: JoinHandle<mpsc::Receiver<Outbound>>,
+    writer: JoinHandle<Stopped>,
     /// The queue, once the writer has ended by itself (the socket failed).
-    returned: Option<mpsc::Receiver<Outbound>>,
+    returned: Option<Stopped>,
     stop: watch::Sender<Option<Bytes>>,
 }
 
@@ -166,17 +166,21 @@ impl Session {
             let end = self.serve(&mut connection).await;
             let resume = match end {
                 End::Closed => {
-                    break stop(connection, Some(Bytes::from_static(xml::STREAM_CLOSE))).await;
+                    break self
+                        .stop(connection, Some(Bytes::from_static(xml::STREAM_CLOSE)))
+                        .await;
                 }
                 End::Error(err) => {
-                    break stop(connection, Some(Bytes::from(err.to_bytes()))).await;
+                    break self
+                        .stop(connection, Some(Bytes::from(err.to_bytes())))
+                        .await;
                 }
                 End::Kicked(closing) => {
                     let bytes = match closing {
                         Closing::Error(err) => Bytes::from(err.to_bytes()),
                         Closing::Quietly => Bytes::from_static(xml::STREAM_CLOSE),
                     };
-                    break stop(connection, Some(bytes)).await;
+                    break self.stop(connection, Some(bytes)).await;
                 }
                 End::Resume(request) => {
                     // XEP-0198 §5: the old connection of a resumed session gets <conflict/>.
@@ -184,11 +188,13 @@ impl Session {
                         StreamErrorCondition::Conflict,
                         "the session was resumed elsewhere",
                     );
-                    let queue = stop(connection, Some(Bytes::from(conflict.to_bytes()))).await;
+                    let queue = self
+                        .stop(connection, Some(Bytes::from(conflict.to_bytes())))
+                        .await;
                     (*request, queue)
                 }
                 End::Lost => {
-                    let queue = stop(connection, None).await;
+                    let queue = self.stop(connection, None).await;
                     if self.sm_id.is_none() {
                         break queue;
                     }
@@ -204,6 +210,36 @@ impl Session {
             }
         };
         self.finish(&mut queue).await;
+    }
+
+    /// Stops a connection's writer (after it writes `closing`, if any) and takes back the queue.
+    /// What CSI was still holding goes first into `pending`, for a resumed stream to send.
+    async fn stop(
+        &mut self,
+        connection: Connection,
+        closing: Option<Bytes>,
+    ) -> mpsc::Receiver<Outbound> {
+        let Connection {
+            writer,
+            stop,
+            returned,
+            ..
+        } = connection;
+        let (queue, held) = match returned {
+            Some(stopped) => stopped,
+            None => {
+                let _ = stop.send(Some(closing.unwrap_or_default()));
+                match writer.await {
+                    Ok(stopped) => stopped,
+                    // The writer panicked: nothing can be recovered from its queue.
+                    Err(_) => (mpsc::channel(1).1, Vec::new()),
+                }
+            }
+        };
+        for stanza in held.into_iter().rev() {
+            self.pending.push_front((stanza, None));
+        }
+        queue
     }
 
     /// Starts the writer for a connection; `first` is written before anything else, then `resend`.
@@ -461,6 +497,8 @@ impl Session {
             }
         };
         resend.extend(self.pending.drain(..));
+        // XEP-0352: a resumed stream starts active.
+        self.inactive.send_replace(false);
         let previd = self.sm_id.clone().unwrap_or_default();
         let resumed = Bytes::from(format!(
             "<resumed xmlns='{}' h='{}' previd='{previd}'/>",
@@ -516,28 +554,6 @@ impl Session {
             }
         }
         tracing::debug!(jid = %jid, "session ended");
-    }
-}
-
-/// Stops a connection's writer (after it writes `closing`, if any) and takes back the queue.
-async fn stop(connection: Connection, closing: Option<Bytes>) -> mpsc::Receiver<Outbound> {
-    let Connection {
-        writer,
-        stop,
-        returned,
-        ..
-    } = connection;
-    if let Some(queue) = returned {
-        return queue;
-    }
-    let _ = stop.send(Some(closing.unwrap_or_default()));
-    match writer.await {
-        Ok(queue) => queue,
-        Err(_) => {
-            // The writer panicked: nothing can be recovered from its queue.
-            let (_, queue) = mpsc::channel(1);
-            queue
-        }
     }
 }
 
@@ -646,7 +662,7 @@ async fn write_loop(
     settle: Settle,
     first: Option<Bytes>,
     resend: Vec<sm::Sent>,
-) -> mpsc::Receiver<Outbound> {
+) -> Stopped {
     const BATCH: usize = 64 * 1024;
     const WRITE_WAIT: Duration = Duration::from_secs(30);
     let mut held = csi::Held::default();
@@ -666,7 +682,7 @@ async fn write_loop(
             };
             if !matches!(tokio::time::timeout(WRITE_WAIT, write).await, Ok(Ok(()))) {
                 out.failed(&settle);
-                return queue;
+                return (queue, held.take());
             }
             out.written(&settle);
         }
@@ -694,7 +710,7 @@ async fn write_loop(
                         out.failed(&settle);
                     }
                 }
-                return queue;
+                return (queue, held.take());
             }
             _ = inactive.changed() => {
                 if !*inactive.borrow() {
@@ -715,11 +731,15 @@ async fn write_loop(
                         }
                     }
                 }
-                None => return queue,
+                None => return (queue, held.take()),
             }
         }
     }
 }
+
+/// What a stopped writer hands back: the queue, and what CSI was still holding (sent on a
+/// resumed stream rather than lost).
+type Stopped = (mpsc::Receiver<Outbound>, Vec<Bytes>);
 
 /// The queue item for a stanza to send again.
 fn sent_item(stanza: Bytes, key: Option<u64>) -> Outbound {

@@ -150,6 +150,8 @@ pub trait OfflineStore: Send + Sync {
     /// The stored stanzas, oldest first, with the keys that remove them.
     fn list(&self, user: &BareJid) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     fn remove(&self, user: &BareJid, keys: &[u64]) -> Result<(), StoreError>;
+    /// Whether a stored stanza is still there (not yet removed as delivered).
+    fn contains(&self, user: &BareJid, key: u64) -> Result<bool, StoreError>;
     fn count(&self, user: &BareJid) -> Result<usize, StoreError>;
     fn delete_user(&self, user: &BareJid) -> Result<(), StoreError>;
 }

@@ -341,6 +341,12 @@ impl OfflineStore for SledBackend {
         self.offline.apply_batch(batch).map_err(backend)
     }
 
+    fn contains(&self, user: &BareJid, key: u64) -> Result<bool, StoreError> {
+        let mut k = user_prefix(user);
+        k.extend_from_slice(&key.to_be_bytes());
+        self.offline.contains_key(k).map_err(backend)
+    }
+
     fn count(&self, user: &BareJid) -> Result<usize, StoreError> {
         Ok(self.offline.scan_prefix(user_prefix(user)).count())
     }
