@@ -144,7 +144,16 @@ impl Accounts {
         if !self.stores.accounts.delete(jid)? {
             return Err(AccountError::NotFound(jid.clone()));
         }
-        // Everything else kept for the account goes with it.
+        // Everything else kept for the account goes with it, including its place in other local
+        // users' rosters: a new account with the same name must not inherit subscriptions.
+        let (_, items) = self.stores.rosters.roster(jid)?;
+        for item in items {
+            if let Ok(contact) = BareJid::new(&item.jid) {
+                if contact.domain().as_str() == self.domain {
+                    self.stores.rosters.remove(&contact, jid, true)?;
+                }
+            }
+        }
         self.stores.rosters.delete_user(jid)?;
         self.stores.offline.delete_user(jid)?;
         self.stores.activity.delete_activity(jid)?;

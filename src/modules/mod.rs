@@ -121,7 +121,7 @@ pub const ROUTING: Module = Module {
     disco_features: &[],
     stream_features: &[],
     specs: &[
-        Spec::rfc(6121, Support::Partial, "delivery between local sessions and the legacy session iq; roster, presence and offline storage not yet"),
+        Spec::rfc(6121, Support::Partial, "roster, subscriptions, presence and RFC 6121 §8.5 delivery between local users; no federation"),
         Spec::rfc(7622, Support::Partial, "JIDs normalized with RFC 6122 stringprep rules (jid crate), not PRECIS"),
     ],
 };
@@ -227,7 +227,8 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
         (ns::REGISTER, _) => register::handle(ctx, set, payload).await,
         (ns::ROSTER, _) => roster::handle(ctx, set, payload).await,
         (ns::LAST, _) => activity::handle(ctx, set, target, Some(&ctx.jid.to_bare())),
-        (ns::VCARD, _) => {
+        // No `to` means one's own vCard (XEP-0054 §3.1); the server has none.
+        (ns::VCARD, _) if target == Target::Account || iq.attr("to").is_none() => {
             vcard::handle(
                 &ctx.state,
                 &ctx.jid.to_bare(),

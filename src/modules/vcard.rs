@@ -47,6 +47,10 @@ pub async fn handle(
         return Ok(None);
     }
     let stored = state.stores.values.get_value(owner, KEY)?;
+    if stored.is_none() && asker != owner {
+        // XEP-0054 §3.3: someone else's missing vCard looks like a missing account.
+        return Err(StanzaErrorCondition::ServiceUnavailable.into());
+    }
     let vcard = stored
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| text.parse::<Element>().ok())

@@ -48,7 +48,11 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
         crate::modules::carbons::sent(ctx, &el).await;
     }
     let Some(to) = to else {
-        // RFC 6120 §10.3: no 'to' means the server handles it on behalf of the sender's account.
+        // RFC 6120 §10.3: no 'to' means the server handles it on behalf of the sender's account; a
+        // message is handled as sent to the sender's own bare JID (RFC 6121 §8.2).
+        if el.name() == "message" {
+            return to_bare(ctx, el, &ctx.jid.to_bare()).await;
+        }
         return to_server(ctx, el).await;
     };
     if to.domain().as_str() != ctx.state.domain {

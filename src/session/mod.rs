@@ -146,8 +146,8 @@ struct Session {
     sm_id: Option<String>,
     /// Stanzas from the client handled so far (XEP-0198 `h`, mod 2^32).
     handled: u32,
-    resume_tx: mpsc::Sender<ResumeRequest>,
-    resume_rx: mpsc::Receiver<ResumeRequest>,
+    resume_tx: mpsc::Sender<Box<ResumeRequest>>,
+    resume_rx: mpsc::Receiver<Box<ResumeRequest>>,
     /// Stanzas queued while hibernating, sent on resumption.
     pending: VecDeque<sm::Sent>,
     /// XEP-0352: true while the client says it is inactive; the writer watches it.
@@ -283,7 +283,7 @@ impl Session {
                     return End::Kicked(closing);
                 }
                 _ = self.shutdown.changed() => return End::Error(StreamError::new(StreamErrorCondition::SystemShutdown)),
-                Some(request) = self.resume_rx.recv() => return End::Resume(Box::new(request)),
+                Some(request) = self.resume_rx.recv() => return End::Resume(request),
                 ended = &mut connection.writer, if connection.returned.is_none() => {
                     if let Ok(queue) = ended {
                         connection.returned = Some(queue);
@@ -440,7 +440,7 @@ impl Session {
         tracing::debug!(jid = %self.ctx.jid, "connection lost; session kept for resumption");
         loop {
             tokio::select! {
-                Some(request) = self.resume_rx.recv() => return (Some(request), queue),
+                Some(request) = self.resume_rx.recv() => return (Some(*request), queue),
                 item = queue.recv() => match item {
                     Some(Outbound::Stanza(bytes)) => {
                         self.pending.push_back((bytes, None));
@@ -499,6 +499,17 @@ impl Session {
         resend.extend(self.pending.drain(..));
         // XEP-0352: a resumed stream starts active.
         self.inactive.send_replace(false);
+        // The h in <resumed/> acknowledges like <a/> does: only what is on disk.
+        if self
+            .ctx
+            .unflushed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            if let Err(err) = self.ctx.state.stores.flush().await {
+                tracing::error!(error = %err, "flush before resuming failed");
+                return Err(queue);
+            }
+        }
         let previd = self.sm_id.clone().unwrap_or_default();
         let resumed = Bytes::from(format!(
             "<resumed xmlns='{}' h='{}' previd='{previd}'/>",

@@ -115,7 +115,8 @@ pub struct ResumeRequest {
 #[derive(Clone)]
 pub struct ResumeHandle {
     pub user: BareJid,
-    pub sender: mpsc::Sender<ResumeRequest>,
+    /// Boxed: a channel allocates slots for its items, and the request is large.
+    pub sender: mpsc::Sender<Box<ResumeRequest>>,
 }
 
 /// `<failed/>` with a stanza error condition.

@@ -335,12 +335,12 @@ impl Negotiation {
         let (Some(reader), Some(writer)) = (self.reader.take(), self.writer.take()) else {
             return Err(Stop::Gone);
         };
-        let request = crate::session::sm::ResumeRequest { reader, writer, h };
+        let request = Box::new(crate::session::sm::ResumeRequest { reader, writer, h });
         match handle.sender.send(request).await {
             Ok(()) => Ok(true),
             Err(refused) => {
                 // The session ended just now: take the connection back and say so.
-                let crate::session::sm::ResumeRequest { reader, writer, .. } = refused.0;
+                let crate::session::sm::ResumeRequest { reader, writer, .. } = *refused.0;
                 self.reader = Some(reader);
                 self.writer = Some(writer);
                 self.send(&crate::session::sm::failed("item-not-found", None))
