@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::stanzas::Client;
 use common::*;
 use minidom::Element;
 
@@ -29,8 +29,6 @@ const PING: &str = "<ping xmlns='urn:xmpp:ping'/>";
 
 /// How long to listen when checking that nothing (more) arrives.
 const QUIET: Duration = Duration::from_millis(400);
-/// How long to wait for a stanza that must arrive.
-const STANZA_WAIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -50,18 +48,8 @@ fn accounts(server: &TestServer, users: &[&str]) {
     }
 }
 
-/// A logged-in client that reads whole top-level stanzas. Stanzas read while looking for another
-/// one are kept, in order, for later `expect`/`drain` calls.
-struct Client {
-    raw: Raw,
-    jid: String,
-    /// Received text not yet split into stanzas.
-    buf: String,
-    /// Complete stanzas received and not yet consumed.
-    backlog: VecDeque<String>,
-    syncs: u32,
-}
-
+/// Uses the stanza client of tests/common/stanzas.rs (it waits up to 5 s for an expected stanza).
+/// Stanzas read while looking for another one are kept, in order, for later `wait`/`drain` calls.
 impl Client {
     /// Logs in over STARTTLS with the given resource, and waits until the session is registered.
     async fn online(server: &TestServer, user: &str, resource: &str) -> Client {
@@ -80,85 +68,30 @@ impl Client {
     }
 
     async fn ready(raw: Raw, jid: String) -> Client {
-        let mut c = Client {
-            raw,
-            jid,
-            buf: String::new(),
-            backlog: VecDeque::new(),
-            syncs: 0,
-        };
+        let mut c = Client::from_raw(raw, &jid);
         c.sync().await;
         c
     }
 
-    fn bare(&self) -> &str {
-        self.jid.split('/').next().unwrap()
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.raw.send(text).await;
-    }
-
-    /// Reads until one more complete stanza is in the backlog; false if none completes in `wait`.
+    /// Reads until at least one more complete stanza is queued; false if none completes in `wait`.
     async fn fill(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(end) = element_end(&self.buf) {
-                let text: String = self.buf.drain(..end).collect();
-                self.backlog.push_back(text.trim().to_string());
-                return true;
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.raw.try_expect(">", left).await {
-                Ok(chunk) => self.buf.push_str(&chunk),
-                Err(rest) => {
-                    self.buf.push_str(&rest);
-                    if let Some(end) = element_end(&self.buf) {
-                        let text: String = self.buf.drain(..end).collect();
-                        self.backlog.push_back(text.trim().to_string());
-                        return true;
-                    }
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// The first stanza (already received or arriving within a few seconds) that matches `pred`;
-    /// the others stay in the backlog.
-    async fn expect(&mut self, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
-        let deadline = Instant::now() + STANZA_WAIT;
-        let mut checked = 0;
-        loop {
-            while checked < self.backlog.len() {
-                let el = parse(&self.backlog[checked]);
-                if pred(&el) {
-                    self.backlog.remove(checked);
-                    return el;
-                }
-                checked += 1;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !self.fill(left).await {
-                panic!(
-                    "{}: expected {what}; received {:?}, partial {:?}",
-                    self.jid, self.backlog, self.buf
-                );
-            }
-        }
+        let before = self.received;
+        while self.received == before && self.read_some(deadline).await {}
+        self.received > before
     }
 
     /// The message with this id.
     async fn message(&mut self, id: &str) -> Element {
         let what = format!("message {id}");
-        self.expect(&what, |e| e.name() == "message" && e.attr("id") == Some(id))
+        self.wait(&what, |e| e.name() == "message" && e.attr("id") == Some(id))
             .await
     }
 
     /// Everything received until the connection stays quiet for `wait`, oldest first.
     async fn drain(&mut self, wait: Duration) -> Vec<Element> {
         while self.fill(wait).await {}
-        self.backlog.drain(..).map(|t| parse(&t)).collect()
+        self.queue.drain(..).map(|g| g.el).collect()
     }
 
     /// The messages among everything received until the connection stays quiet for `wait`.
@@ -182,20 +115,20 @@ impl Client {
     }
 
     /// Sends an iq and returns the answer with the same id.
-    async fn iq(&mut self, request: &str, id: &str) -> Element {
+    async fn raw_iq(&mut self, request: &str, id: &str) -> Element {
         self.send(request).await;
         let what = format!("iq answer {id}");
-        self.expect(&what, |e| e.name() == "iq" && e.attr("id") == Some(id))
+        self.wait(&what, |e| e.name() == "iq" && e.attr("id") == Some(id))
             .await
     }
 
     /// A ping round trip: the server handles a stream in order, so everything sent before it has
     /// been processed (and whatever it queued for this client has arrived) when the result arrives.
     async fn sync(&mut self) {
-        self.syncs += 1;
-        let id = format!("sync{}", self.syncs);
+        self.ids += 1;
+        let id = format!("sync{}", self.ids);
         let reply = self
-            .iq(&format!("<iq type='get' id='{id}'>{PING}</iq>"), &id)
+            .raw_iq(&format!("<iq type='get' id='{id}'>{PING}</iq>"), &id)
             .await;
         assert_eq!(reply.attr("type"), Some("result"), "{}", xml(&reply));
     }
@@ -217,53 +150,6 @@ impl Client {
         self.send("</stream:stream>").await;
         self.raw.expect_closed().await;
     }
-}
-
-/// Where the first complete top-level element in `text` ends (also for a lone end tag such as
-/// `</stream:stream>`).
-fn element_end(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let mut depth = 0i32;
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'<' {
-            i += 1;
-            continue;
-        }
-        // The end of this tag, skipping '>' inside quoted attribute values.
-        let mut j = i + 1;
-        let mut quote = None;
-        loop {
-            let b = *bytes.get(j)?;
-            match quote {
-                Some(q) if b == q => quote = None,
-                Some(_) => {}
-                None if b == b'\'' || b == b'"' => quote = Some(b),
-                None if b == b'>' => break,
-                None => {}
-            }
-            j += 1;
-        }
-        let tag = &text[i..=j];
-        i = j + 1;
-        if tag.starts_with("<?") || tag.starts_with("<!") {
-            continue;
-        }
-        if tag.starts_with("</") {
-            depth -= 1;
-        } else if !tag.ends_with("/>") {
-            depth += 1;
-        }
-        if depth <= 0 {
-            return Some(i);
-        }
-    }
-    None
-}
-
-fn parse(text: &str) -> Element {
-    text.parse::<Element>()
-        .unwrap_or_else(|e| panic!("not a stanza ({e}): {text:?}"))
 }
 
 fn xml(el: &Element) -> String {
@@ -1100,7 +986,7 @@ async fn disco_info_lists_msgoffline_and_stanza_ids() {
     accounts(&server, &["alice"]);
     let mut alice = Client::online(&server, "alice", "phone").await;
     let reply = alice
-        .iq(
+        .raw_iq(
             "<iq type='get' to='localhost' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
             "d1",
         )
@@ -1266,8 +1152,8 @@ async fn online_messages_carry_a_stanza_id_by_the_recipients_bare_jid() {
         .await;
     let first = bob.message("i1").await;
     let second = bob.message("i2").await;
-    let a = stanza_id_by(&first, bob.bare());
-    let b = stanza_id_by(&second, bob.bare());
+    let a = stanza_id_by(&first, &bob.bare);
+    let b = stanza_id_by(&second, &bob.bare);
     assert_ne!(a, b, "unique per message");
     assert_eq!(stanza_ids(&first).len(), 1, "{}", xml(&first));
     alice.sync().await;
@@ -1412,14 +1298,14 @@ async fn iq_to_a_full_jid_needs_the_recipient_to_share_presence() {
 
     // No subscription: service-unavailable, nothing delivered.
     let reply = alice
-        .iq(
+        .raw_iq(
             &format!("<iq type='get' to='{bob_jid}' id='q1'>{PING}</iq>"),
             "q1",
         )
         .await;
     assert_bounce(&reply, &bob_jid, &alice_jid, "service-unavailable");
     let reply = alice
-        .iq(
+        .raw_iq(
             &format!("<iq type='set' to='{bob_jid}' id='q2'><query xmlns='urn:example:x'/></iq>"),
             "q2",
         )
@@ -1439,7 +1325,7 @@ async fn iq_to_a_full_jid_needs_the_recipient_to_share_presence() {
         ))
         .await;
     let got = laptop
-        .expect("q3", |e| e.name() == "iq" && e.attr("id") == Some("q3"))
+        .wait("q3", |e| e.name() == "iq" && e.attr("id") == Some("q3"))
         .await;
     assert_eq!(got.attr("from"), Some(alice_jid.as_str()));
     assert_eq!(got.attr("type"), Some("get"));
@@ -1458,14 +1344,14 @@ async fn iq_to_a_full_jid_needs_the_recipient_to_share_presence() {
         ))
         .await;
     let got = bob
-        .expect("q4", |e| e.name() == "iq" && e.attr("id") == Some("q4"))
+        .wait("q4", |e| e.name() == "iq" && e.attr("id") == Some("q4"))
         .await;
     assert_eq!(got.attr("from"), Some(alice_jid.as_str()));
     assert_eq!(got.attr("to"), Some(bob_jid.as_str()));
     bob.send(&format!("<iq type='result' to='{alice_jid}' id='q4'/>"))
         .await;
     let result = alice
-        .expect("q4 result", |e| {
+        .wait("q4 result", |e| {
             e.name() == "iq" && e.attr("id") == Some("q4")
         })
         .await;
@@ -1474,7 +1360,7 @@ async fn iq_to_a_full_jid_needs_the_recipient_to_share_presence() {
 
     // The other way round it is only 'to' in alice's roster: refused.
     let reply = bob
-        .iq(
+        .raw_iq(
             &format!("<iq type='get' to='{alice_jid}' id='q5'>{PING}</iq>"),
             "q5",
         )
@@ -1502,12 +1388,12 @@ async fn iq_results_and_errors_to_a_full_jid_are_delivered() {
     ))
     .await;
     let got = alice
-        .expect("w1", |e| e.name() == "iq" && e.attr("id") == Some("w1"))
+        .wait("w1", |e| e.name() == "iq" && e.attr("id") == Some("w1"))
         .await;
     assert_eq!(got.attr("type"), Some("result"));
     assert_eq!(got.attr("from"), Some(bob_jid.as_str()));
     let got = alice
-        .expect("w2", |e| e.name() == "iq" && e.attr("id") == Some("w2"))
+        .wait("w2", |e| e.name() == "iq" && e.attr("id") == Some("w2"))
         .await;
     assert_error(&got, "service-unavailable");
     assert_eq!(got.attr("from"), Some(bob_jid.as_str()));
@@ -1519,7 +1405,7 @@ async fn iq_results_and_errors_to_a_full_jid_are_delivered() {
 
     // A request to a full JID that matches no session: service-unavailable (§8.5.3.2).
     let reply = alice
-        .iq(
+        .raw_iq(
             &format!("<iq type='get' to='bob@localhost/gone' id='w3'>{PING}</iq>"),
             "w3",
         )

@@ -4,17 +4,12 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
+use common::stanzas::*;
 use common::*;
 use minidom::Element;
 
-const CLIENT: &str = "jabber:client";
-const ROSTER: &str = "jabber:iq:roster";
-const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-const STREAMS: &str = "http://etherx.jabber.org/streams";
-const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const CARBONS: &str = "urn:xmpp:carbons:2";
 const FORWARD: &str = "urn:xmpp:forward:0";
@@ -24,163 +19,23 @@ const BLOCKING: &str = "urn:xmpp:blocking";
 const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 const VCARD: &str = "vcard-temp";
 const PRIVATE: &str = "jabber:iq:private";
-const SM: &str = "urn:xmpp:sm:3";
 const PW: &str = "im-pw";
-/// How long "nothing arrives" checks listen.
-const QUIET: Duration = Duration::from_millis(400);
-/// How long a client listens for stragglers before forgetting what it received.
-const SETTLE: Duration = Duration::from_millis(200);
 /// How long "nothing arrives while inactive" checks listen (XEP-0352).
 const HELD: Duration = Duration::from_millis(500);
-/// How long a client waits for a stanza it expects.
-const LONG: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
-// Helpers: a client that splits what it receives into stanzas and waits for them by predicate
-// (after tests/roster_presence.rs)
-
-fn bare(user: &str) -> String {
-    format!("{user}@{DOMAIN}")
-}
-
-fn full(user: &str, resource: &str) -> String {
-    format!("{user}@{DOMAIN}/{resource}")
-}
+// Helpers: the stanza client of tests/common/stanzas.rs (password `PW`, waits up to its default
+// `DEFAULT_WAIT_LIMIT`), with carbons
 
 /// A server with these accounts (password `PW`).
 fn server(users: &[&str]) -> TestServer {
-    let server = TestServer::start();
-    for user in users {
-        server.add_user(user, PW);
-    }
-    server
-}
-
-/// A received stanza, with its arrival number on its connection.
-struct Got {
-    seq: u64,
-    text: String,
-    el: Element,
-}
-
-/// A logged-in client that keeps what it received as a queue of parsed stanzas.
-struct Client {
-    raw: Raw,
-    /// Full JID.
-    jid: String,
-    /// Bare JID.
-    bare: String,
-    buf: String,
-    queue: VecDeque<Got>,
-    received: u64,
-    closed: bool,
-    ids: u32,
-}
-
-/// The index just past the `>` that ends the tag starting at `lt` (quotes respected).
-fn tag_end(bytes: &[u8], lt: usize) -> Option<usize> {
-    let mut quote = None;
-    for (i, &c) in bytes.iter().enumerate().skip(lt + 1) {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == b'\'' || c == b'"' => quote = Some(c),
-            None if c == b'>' => return Some(i + 1),
-            None => {}
-        }
-    }
-    None
-}
-
-/// Takes the complete top-level elements off the front of `buf` (the stream header, declarations
-/// and whitespace are skipped; `</stream:stream>` comes out as itself).
-fn split_stanzas(buf: &mut String) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut consumed = 0;
-    let mut pos = 0;
-    let mut depth = 0usize;
-    let mut start = 0;
-    while let Some(lt) = buf[pos..].find('<').map(|p| p + pos) {
-        let Some(end) = tag_end(buf.as_bytes(), lt) else {
-            break;
-        };
-        let tag = &buf[lt..end];
-        pos = end;
-        if tag.starts_with("<?") || tag.starts_with("<!") {
-            if depth == 0 {
-                consumed = pos;
-            }
-            continue;
-        }
-        if depth == 0 && tag.starts_with("<stream:stream") {
-            consumed = pos;
-            continue;
-        }
-        if depth == 0 && tag.starts_with("</stream:stream") {
-            out.push(tag.to_string());
-            consumed = pos;
-            continue;
-        }
-        if tag.starts_with("</") {
-            depth = depth.saturating_sub(1);
-        } else {
-            if depth == 0 {
-                start = lt;
-            }
-            if !tag.ends_with("/>") {
-                depth += 1;
-            }
-        }
-        if depth == 0 {
-            out.push(buf[start..pos].to_string());
-            consumed = pos;
-        }
-    }
-    buf.drain(..consumed);
-    out
-}
-
-/// Parses one received top-level element; `</stream:stream>` becomes `<closed xmlns='test'/>`.
-fn parse_stanza(text: &str) -> Element {
-    if text.starts_with("</stream:stream") {
-        return Element::bare("closed", "test");
-    }
-    let fixed = if text.starts_with("<stream:") {
-        let name_end = text.find([' ', '>', '/']).unwrap_or(text.len());
-        format!(
-            "{} xmlns:stream='{STREAMS}'{}",
-            &text[..name_end],
-            &text[name_end..]
-        )
-    } else {
-        text.to_string()
-    };
-    fixed
-        .parse::<Element>()
-        .unwrap_or_else(|e| panic!("received unparsable stanza {text:?}: {e}"))
+    server_with_users(users, PW)
 }
 
 impl Client {
-    /// Wraps a raw connection bound to `jid`.
-    fn from_raw(raw: Raw, jid: &str) -> Client {
-        let bare = jid.split('/').next().unwrap_or(jid).to_string();
-        Client {
-            raw,
-            jid: jid.to_string(),
-            bare,
-            buf: String::new(),
-            queue: VecDeque::new(),
-            received: 0,
-            closed: false,
-            ids: 0,
-        }
-    }
-
     /// Logged in and bound, nothing else (not interested, not available).
     async fn bound(server: &TestServer, user: &str, resource: &str) -> Client {
-        let (raw, jid) = logged_in(server, user, PW, resource).await;
-        assert_eq!(jid, full(user, resource), "bound JID");
-        Client::from_raw(raw, &jid)
+        Client::bound_with(server, user, PW, resource).await
     }
 
     /// Logged in, interested (fetched the roster) and available (initial presence with `status`).
@@ -191,220 +46,9 @@ impl Client {
         c
     }
 
-    fn next_id(&mut self, prefix: &str) -> String {
-        self.ids += 1;
-        format!("{prefix}-{}", self.ids)
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.raw.send(text).await;
-    }
-
-    /// Reads once (until the next `>` or `until`); false when nothing more can come before then.
-    async fn read_some(&mut self, until: tokio::time::Instant) -> bool {
-        if self.closed {
-            return false;
-        }
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let more = match self.raw.try_expect(">", left).await {
-            Ok(text) => {
-                self.buf.push_str(&text);
-                true
-            }
-            Err(text) => {
-                self.buf.push_str(&text);
-                if tokio::time::Instant::now() < until {
-                    self.closed = true;
-                }
-                false
-            }
-        };
-        for text in split_stanzas(&mut self.buf) {
-            let el = parse_stanza(&text);
-            // XEP-0198 ack requests are not stanzas (this client never acknowledges).
-            if el.is("r", SM) {
-                continue;
-            }
-            self.received += 1;
-            self.queue.push_back(Got {
-                seq: self.received,
-                text,
-                el,
-            });
-        }
-        more
-    }
-
-    fn dump(&self) -> String {
-        self.queue
-            .iter()
-            .map(|g| format!("  #{} {}", g.seq, g.text))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Waits for the first stanza matching `pred`, removes it from the queue and returns it with its
-    /// arrival number. Stanzas that do not match stay queued.
-    async fn wait_seq(&mut self, what: &str, pred: impl Fn(&Element) -> bool) -> (u64, Element) {
-        let until = tokio::time::Instant::now() + LONG;
-        loop {
-            if let Some(i) = self.queue.iter().position(|g| pred(&g.el)) {
-                let got = self.queue.remove(i).unwrap();
-                return (got.seq, got.el);
-            }
-            if self.closed || tokio::time::Instant::now() >= until {
-                panic!(
-                    "{}: expected {what}; {}; queued:\n{}\nunparsed: {:?}",
-                    self.jid,
-                    if self.closed {
-                        "connection closed"
-                    } else {
-                        "timed out"
-                    },
-                    self.dump(),
-                    self.buf
-                );
-            }
-            self.read_some(until).await;
-        }
-    }
-
-    async fn wait(&mut self, what: &str, pred: impl Fn(&Element) -> bool) -> Element {
-        self.wait_seq(what, pred).await.1
-    }
-
-    /// Listens for `wait`, queueing whatever arrives.
-    async fn settle_for(&mut self, wait: Duration) {
-        let until = tokio::time::Instant::now() + wait;
-        while tokio::time::Instant::now() < until && !self.closed {
-            self.read_some(until).await;
-        }
-    }
-
-    /// Listens for `QUIET`, queueing whatever arrives.
-    async fn settle(&mut self) {
-        self.settle_for(QUIET).await;
-    }
-
-    /// Listens for `QUIET` and asserts that nothing queued matches `pred`.
-    async fn none(&mut self, what: &str, pred: impl Fn(&Element) -> bool) {
-        self.settle().await;
-        if self.queue.iter().any(|g| pred(&g.el)) {
-            panic!("{}: expected no {what}; queued:\n{}", self.jid, self.dump());
-        }
-    }
-
-    /// Listens for `wait` and asserts that nothing at all was received.
-    async fn nothing_for(&mut self, wait: Duration, context: &str) {
-        self.settle_for(wait).await;
-        assert!(
-            self.queue.is_empty(),
-            "{}: expected nothing ({context}); queued:\n{}",
-            self.jid,
-            self.dump()
-        );
-    }
-
-    /// Listens for `QUIET` and asserts that nothing at all was received.
-    async fn nothing(&mut self, context: &str) {
-        self.nothing_for(QUIET, context).await;
-    }
-
-    fn clear(&mut self) {
-        self.queue.clear();
-    }
-
-    /// Listens briefly (for stragglers of a step already seen through), then forgets everything
-    /// received.
-    async fn settle_and_clear(&mut self) {
-        self.settle_for(SETTLE).await;
-        self.clear();
-    }
-
-    /// Sends an iq and returns the result or error with the same id.
-    async fn iq(&mut self, kind: &str, to: Option<&str>, payload: &str) -> Element {
-        let id = self.next_id("iq");
-        let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
-        self.send(&format!("<iq type='{kind}' id='{id}'{to}>{payload}</iq>"))
-            .await;
-        self.wait(&format!("the answer to iq {id}"), |el| {
-            el.name() == "iq"
-                && el.attr("id") == Some(id.as_str())
-                && matches!(el.attr("type"), Some("result" | "error"))
-        })
-        .await
-    }
-
-    /// A roster get (makes the resource interested); returns the `<query/>`.
-    async fn roster_get(&mut self) -> Element {
-        let reply = self
-            .iq("get", None, &format!("<query xmlns='{ROSTER}'/>"))
-            .await;
-        assert_result(&reply);
-        reply
-            .get_child("query", ROSTER)
-            .unwrap_or_else(|| panic!("roster result without <query/>: {}", show(&reply)))
-            .clone()
-    }
-
-    /// Sends available presence with this status (and priority, if any) and waits for its echo.
-    async fn online_with(&mut self, status: &str, priority: Option<i8>) {
-        let priority = priority
-            .map(|p| format!("<priority>{p}</priority>"))
-            .unwrap_or_default();
-        self.send(&format!(
-            "<presence><status>{status}</status>{priority}</presence>"
-        ))
-        .await;
-        let jid = self.jid.clone();
-        self.wait("the echo of my own presence", |el| {
-            available(el, &jid) && status_of(el).as_deref() == Some(status)
-        })
-        .await;
-    }
-
+    /// Sends available presence with this status and waits for its echo.
     async fn online(&mut self, status: &str) {
         self.online_with(status, None).await;
-    }
-
-    /// A round trip to the server (everything sent before it has been processed).
-    async fn ping(&mut self) -> u64 {
-        let id = self.next_id("ping");
-        self.send(&format!(
-            "<iq type='get' id='{id}' to='{DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>"
-        ))
-        .await;
-        let (seq, reply) = self
-            .wait_seq("the pong", |el| {
-                el.name() == "iq" && el.attr("id") == Some(id.as_str())
-            })
-            .await;
-        assert_result(&reply);
-        seq
-    }
-
-    /// Sends a chat message with a body.
-    async fn chat(&mut self, to: &str, body: &str) {
-        let id = self.next_id("msg");
-        self.send(&format!(
-            "<message to='{to}' type='chat' id='{id}'><body>{body}</body></message>"
-        ))
-        .await;
-    }
-
-    /// Waits for a message (not a carbon) whose body is `body`.
-    async fn wait_body(&mut self, body: &str) -> Element {
-        self.wait_body_seq(body).await.1
-    }
-
-    async fn wait_body_seq(&mut self, body: &str) -> (u64, Element) {
-        self.wait_seq(&format!("a message with body {body:?}"), |el| {
-            el.name() == "message" && body_of(el).as_deref() == Some(body)
-        })
-        .await
     }
 
     /// Waits for a carbon of `kind` (received or sent) whose forwarded message has this body;
@@ -415,49 +59,6 @@ impl Client {
         })
         .await
     }
-
-    /// Sends a raw iq answer (result) to an iq request that arrived.
-    async fn answer(&mut self, request: &Element) {
-        let id = request.attr("id").unwrap_or_default().to_string();
-        let to = request.attr("from").unwrap_or_default().to_string();
-        self.send(&format!("<iq type='result' id='{id}' to='{to}'/>"))
-            .await;
-    }
-}
-
-fn show(el: &Element) -> String {
-    let mut out = Vec::new();
-    let _ = el.write_to(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status_of(el: &Element) -> Option<String> {
-    el.get_child("status", CLIENT).map(|s| s.text())
-}
-
-fn body_of(el: &Element) -> Option<String> {
-    el.get_child("body", CLIENT).map(|b| b.text())
-}
-
-/// Presence of this type (None = available) from exactly this JID.
-fn presence_is(el: &Element, kind: Option<&str>, from: &str) -> bool {
-    el.name() == "presence" && el.attr("type") == kind && el.attr("from") == Some(from)
-}
-
-fn available(el: &Element, from: &str) -> bool {
-    presence_is(el, None, from)
-}
-
-fn unavailable(el: &Element, from: &str) -> bool {
-    presence_is(el, Some("unavailable"), from)
-}
-
-/// Any presence whose `from` is this JID or a full JID of this bare JID.
-fn presence_from_account(el: &Element, bare: &str) -> bool {
-    el.name() == "presence"
-        && el
-            .attr("from")
-            .is_some_and(|f| f == bare || f.starts_with(&format!("{bare}/")))
 }
 
 /// The forwarded message inside a carbon of `kind` (`received` or `sent`).
@@ -472,32 +73,6 @@ fn carbon<'a>(el: &'a Element, kind: &str) -> Option<&'a Element> {
 
 fn is_carbon(el: &Element) -> bool {
     carbon(el, "received").is_some() || carbon(el, "sent").is_some()
-}
-
-fn assert_result(reply: &Element) {
-    assert_eq!(
-        reply.attr("type"),
-        Some("result"),
-        "expected a result: {}",
-        show(reply)
-    );
-}
-
-/// Asserts a stanza error with this defined condition.
-fn assert_error(reply: &Element, condition: &str) {
-    let text = show(reply);
-    assert_eq!(
-        reply.attr("type"),
-        Some("error"),
-        "expected an error: {text}"
-    );
-    let error = reply
-        .get_child("error", CLIENT)
-        .unwrap_or_else(|| panic!("no <error/>: {text}"));
-    assert!(
-        error.has_child(condition, STANZAS),
-        "expected <{condition}/>: {text}"
-    );
 }
 
 /// `a` subscribes to `b` and `b` approves; waits until both sides saw it all, then clears both

@@ -2,6 +2,8 @@
 //! directory, and gives tests raw XMPP connections (plain, STARTTLS, direct TLS) to talk to it.
 #![allow(dead_code)]
 
+pub mod stanzas;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
