@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Turns scripts/compare.sh's results (JSON lines) into BENCHMARKS.md: medians per server and figure,
+with Rookery's ratio to the best of the others."""
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+values = defaultdict(list)  # (figure, server) -> [values]
+
+FIGURES = [
+    # (key, label, scenario filter, metric, higher is better)
+    ("login", "logins/s, SCRAM, plain TCP", lambda r: r["scenario"] == "login" and not r["tls"], "logins_per_s", True),
+    ("login-cpu", "server CPU per login (ms), plain", lambda r: r["scenario"] == "login" and not r["tls"], "server_cpu_ms_per_login", False),
+    ("login-tls", "logins/s, SCRAM, STARTTLS", lambda r: r["scenario"] == "login" and r["tls"], "logins_per_s", True),
+    ("login-tls-cpu", "server CPU per login (ms), STARTTLS", lambda r: r["scenario"] == "login" and r["tls"], "server_cpu_ms_per_login", False),
+    ("chat", "chat closed loop: delivered msg/s", lambda r: r["scenario"] == "chat" and r["mode"] == "closed", "msg_per_s", True),
+    ("chat-cpu", "chat closed loop: server CPU per msg (µs)", lambda r: r["scenario"] == "chat" and r["mode"] == "closed", "server_cpu_us_per_msg", False),
+    ("chat-loss", "chat: lost + duplicated + out of order", lambda r: r["scenario"] == "chat", None, False),
+    ("open-p50", "chat at a fixed rate: latency p50 (ms)", lambda r: r["scenario"] == "chat" and r["mode"] == "open", "latency_ms_p50", False),
+    ("open-p99", "chat at a fixed rate: latency p99 (ms)", lambda r: r["scenario"] == "chat" and r["mode"] == "open", "latency_ms_p99", False),
+    ("offline", "offline: stored msg/s", lambda r: r["scenario"] == "offline", "stored_msg_per_s", True),
+    ("drain", "offline: drain time (s)", lambda r: r["scenario"] == "offline", "drain_s", False),
+    ("idle", "memory per idle session (KiB), plain", lambda r: r["scenario"] == "idle" and not r["tls"], "kib_per_session", False),
+    ("idle-tls", "memory per idle session (KiB), TLS", lambda r: r["scenario"] == "idle" and r["tls"], "kib_per_session", False),
+]
+
+servers = []
+args_of = {}
+for row in rows:
+    server, result = row["server"], row["result"]
+    if server not in servers:
+        servers.append(server)
+    for key, _, keep, metric, _ in FIGURES:
+        if keep(result):
+            value = sum(result.get(k, 0) for k in ("lost", "duplicated", "out_of_order")) if metric is None else result[metric]
+            values[(key, server)].append(value)
+            args_of.setdefault(key, row["args"])
+
+
+def fmt(v):
+    return "–" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}")
+
+
+print("# Benchmarks: Rookery, Prosody and ejabberd side by side\n")
+print("Produced by `scripts/compare.sh` (medians of the runs; one machine, one run, servers one after")
+print("another, load generator `rookery-bench` on the same machine). Do not edit by hand.\n")
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2; nproc"], capture_output=True, text=True).stdout.split("\n")
+print(f"- machine: {cpu[0].strip()}, {cpu[1].strip()} cores, {platform.system()} {platform.release()}")
+print(f"- runs per figure: {max((len(v) for v in values.values()), default=0)}\n")
+header = "| figure | " + " | ".join(servers) + " | Rookery vs best other |"
+print(header)
+print("|" + " --- |" * (len(servers) + 2))
+for key, label, _, metric, higher in FIGURES:
+    medians = {s: statistics.median(values[(key, s)]) if values.get((key, s)) else None for s in servers}
+    ratio = "–"
+    others = [v for s, v in medians.items() if s != "rookery" and v]
+    mine = medians.get("rookery")
+    if mine and others and metric is not None:
+        best = max(others) if higher else min(others)
+        ratio = f"{mine / best:.2f}×" if higher else f"{best / mine:.2f}× better" if mine < best else f"{mine / best:.2f}× worse"
+    print(f"| {label} | " + " | ".join(fmt(medians[s]) for s in servers) + f" | {ratio} |")
+print("\nScenario arguments:\n")
+for key, label, *_ in FIGURES:
+    if key in args_of:
+        print(f"- {label}: `rookery-bench {args_of[key]}`")

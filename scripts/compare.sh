@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Runs the same rookery-bench scenarios against Rookery, Prosody and ejabberd on this machine, one
+# after the other in one run, each server a fresh local process on loopback with shapers and rate
+# limits off and in-band registration on. Writes BENCHMARKS.md (medians of RUNS runs).
+#
+#   scripts/compare.sh            full sizes (several minutes)
+#   QUICK=1 scripts/compare.sh    small sizes, to check the setup
+#   SERVERS="rookery prosody" scripts/compare.sh
+#
+# Status: Rookery and Prosody run; the ejabberd launcher still picks up /etc/ejabberd/ejabberd.yml
+# instead of the generated configuration (to fix), so ejabberd is skipped for now.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+WORK=$(mktemp -d /tmp/rookery-compare.XXXXXX)
+chmod 755 "$WORK"
+RESULTS="$WORK/results.jsonl"
+SERVERS=${SERVERS:-"rookery prosody ejabberd"}
+RUNS=${RUNS:-3}
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]:-}"; do kill "$pid" 2>/dev/null || true; done
+    pkill -f "$WORK" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+if [ -n "${QUICK:-}" ]; then
+    LOGIN="--count 50 --concurrency 4"; IDLE="--sessions 200"
+    CHAT="--pairs 20 --messages 100 --window 10"; OPEN="--pairs 20 --rate 500 --duration 3"
+    OFFLINE="--pairs 20 --messages 20"
+else
+    LOGIN="--count 1000 --concurrency 8"; IDLE="--sessions 5000"
+    CHAT="--pairs 500 --messages 200 --window 10"; OPEN="--pairs 100 --rate 1000 --duration 10"
+    OFFLINE="--pairs 200 --messages 50"
+fi
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need prosody || ! need ejabberdctl; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody ejabberd >/dev/null
+fi
+cargo build --release --bins -q
+BENCH="$ROOT/target/release/rookery-bench"
+
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.2
+    done
+    echo "nothing listens on $1" >&2
+    return 1
+}
+
+# --- the servers: each sets PORT and SERVER_PID ---------------------------------------------------
+
+start_rookery() {
+    local dir="$WORK/rookery"
+    mkdir -p "$dir"
+    cat >"$dir/rookery.toml" <<EOF
+[server]
+domain = "localhost"
+data_dir = "$dir/data"
+log_level = "warn"
+[c2s]
+listen = "127.0.0.1:35222"
+direct_tls_listen = ""
+require_encryption = false
+[tls]
+cert = "$dir/localhost.crt"
+key = "$dir/localhost.key"
+[registration]
+allow = true
+[auth]
+# The iteration count the other servers use by default, so logins cost the same.
+scram_iterations = 4096
+failure_delay_ms = 0
+EOF
+    "$ROOT/target/release/rookery" serve --config "$dir/rookery.toml" >"$dir/log" 2>&1 &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    PORT=35222
+    MECH=scram
+    wait_port $PORT
+}
+
+start_prosody() {
+    local dir="$WORK/prosody"
+    mkdir -p "$dir/data"
+    cat >"$dir/prosody.cfg.lua" <<EOF
+daemonize = false
+pidfile = "$dir/prosody.pid"
+data_path = "$dir/data"
+certificates = "$dir"
+c2s_ports = { 35322 }
+c2s_interfaces = { "127.0.0.1" }
+s2s_ports = {}
+legacy_ssl_ports = {}
+http_ports = {}
+https_ports = {}
+allow_registration = true
+min_seconds_between_registrations = 0
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_hashed"
+storage = "internal"
+log = { { levels = { min = "error" }, to = "file", filename = "$dir/log" } }
+modules_enabled = { "roster", "saslauth", "disco", "ping", "register", "offline", "posix" }
+modules_disabled = { "limits", "s2s" }
+limits = { c2s = { rate = "1000mb/s" } }
+VirtualHost "localhost"
+EOF
+    # Prosody offers STARTTLS only with a certificate for the host.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
+        -keyout "$dir/localhost.key" -out "$dir/localhost.crt" 2>/dev/null
+    chown -R prosody:prosody "$dir"
+    su prosody -s /bin/sh -c "exec prosody --config $dir/prosody.cfg.lua" >"$dir/out" 2>&1 &
+    PIDS+=("$!")
+    PORT=35322
+    MECH=scram1 # Prosody 0.12 offers SCRAM-SHA-1, not SCRAM-SHA-256
+    wait_port $PORT
+    SERVER_PID=$(cat "$dir/prosody.pid" 2>/dev/null || pgrep -f "prosody.*$dir" | tail -1)
+}
+
+start_ejabberd() {
+    local dir="$WORK/ejabberd"
+    mkdir -p "$dir/db" "$dir/logs"
+    cat >"$dir/ejabberd.yml" <<EOF
+hosts: [localhost]
+loglevel: error
+auth_method: internal
+auth_password_format: scram
+shaper: {}
+listen:
+  - port: 35422
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    max_stanza_size: 262144
+    shaper: none
+    access: all
+acl: {}
+access_rules:
+  register:
+    allow: all
+  c2s:
+    allow: all
+shaper_rules: {}
+modules:
+  mod_disco: {}
+  mod_ping: {}
+  mod_roster: {}
+  mod_offline: {}
+  mod_register:
+    ip_access: all
+    access: register
+    welcome_message: none
+EOF
+    chown -R ejabberd:ejabberd "$dir"
+    su ejabberd -s /bin/sh -c "HOME=$dir EJABBERD_CONFIG_PATH=$dir/ejabberd.yml ejabberdctl --config $dir/ejabberd.yml --logs $dir/logs --spool $dir/db --node bench@localhost foreground" >"$dir/out" 2>&1 &
+    PIDS+=("$!")
+    PORT=35422
+    MECH=scram1 # the Debian build's default SCRAM hash
+    wait_port $PORT
+    SERVER_PID=$(pgrep -f "beam.*$dir" | head -1)
+}
+
+# --- the runs ---------------------------------------------------------------------------------------
+
+run() { # server scenario args...
+    local server=$1
+    shift
+    for run in $(seq "$RUNS"); do
+        local out
+        if out=$("$BENCH" --server "127.0.0.1:$PORT" --register --prefix "b$run$RANDOM" --mech "$MECH" --pid "$SERVER_PID" "$@" 2>"$WORK/err"); then
+            echo "{\"server\":\"$server\",\"run\":$run,\"args\":\"$*\",\"result\":$out}" >>"$RESULTS"
+        else
+            echo "$server $*: $(cat "$WORK/err")" >&2
+        fi
+    done
+}
+
+for server in $SERVERS; do
+    echo "== $server" >&2
+    if ! "start_$server"; then
+        echo "skipping $server: it did not start (see $WORK/$server)" >&2
+        cleanup
+        PIDS=()
+        continue
+    fi
+    run "$server" login $LOGIN
+    run "$server" --tls login $LOGIN
+    run "$server" chat $CHAT
+    run "$server" chat $OPEN
+    run "$server" offline $OFFLINE
+    # Idle last: memory per session on a server that has already done the rest would mislead.
+    kill "$SERVER_PID" 2>/dev/null || true
+    sleep 1
+    cleanup
+    PIDS=()
+    "start_$server"
+    run "$server" idle $IDLE
+    run "$server" --tls idle $IDLE
+    kill "$SERVER_PID" 2>/dev/null || true
+    sleep 1
+    cleanup
+    PIDS=()
+done
+
+python3 "$ROOT/scripts/benchmarks_table.py" "$RESULTS" >"$ROOT/BENCHMARKS.md"
+echo "wrote BENCHMARKS.md ($RESULTS)" >&2
