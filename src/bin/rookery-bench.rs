@@ -37,7 +37,7 @@ struct Args {
     /// Use STARTTLS (the certificate is not checked: this is a benchmark on loopback).
     #[arg(long)]
     tls: bool,
-    /// SASL mechanism: scram (SCRAM-SHA-256) or plain.
+    /// SASL mechanism: scram (SCRAM-SHA-256), scram1 (SCRAM-SHA-1) or plain.
     #[arg(long, default_value = "scram")]
     mech: String,
     /// Create the accounts by in-band registration (XEP-0077) first.
@@ -293,7 +293,8 @@ impl Conn {
                 self.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"))
                     .await?;
             }
-            _ => self.scram(user, &args.password).await?,
+            "scram1" => self.scram(user, &args.password, false).await?,
+            _ => self.scram(user, &args.password, true).await?,
         }
         let outcome = self
             .until_any(&[
@@ -319,15 +320,26 @@ impl Conn {
     }
 
     /// SCRAM-SHA-256 (RFC 7677), client side, without channel binding.
-    async fn scram(&mut self, user: &str, password: &str) -> Result<()> {
+    async fn scram(&mut self, user: &str, password: &str, sha256: bool) -> Result<()> {
         let nonce = B64.encode(rand::random::<[u8; 18]>());
         let first_bare = format!("n={user},r={nonce}");
+        let mechanism = if sha256 {
+            "SCRAM-SHA-256"
+        } else {
+            "SCRAM-SHA-1"
+        };
         self.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{}</auth>",
             B64.encode(format!("n,,{first_bare}"))
         ))
         .await?;
-        let challenge = self.until(b"</challenge>").await?;
+        let challenge = self.until_any(&[b"</challenge>", b"</failure>"]).await?;
+        if find(&challenge, b"<failure").is_some() {
+            return fail(format!(
+                "{mechanism} refused for {user}: {}",
+                String::from_utf8_lossy(&challenge)
+            ));
+        }
         let text = String::from_utf8_lossy(&challenge);
         let inner = text.trim_end_matches("</challenge>");
         let data = inner.rsplit_once('>').map(|(_, d)| d).unwrap_or("");
@@ -346,16 +358,34 @@ impl Conn {
         let (Some(r), Some(salt), Some(iterations)) = (r, s, i) else {
             return fail(format!("bad server-first message: {server_first}"));
         };
-        let mut salted = [0u8; 32];
-        pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password.as_bytes(), &salt, iterations, &mut salted);
         let hmac = |key: &[u8], data: &[u8]| -> Vec<u8> {
-            let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
-                .unwrap_or_else(|_| unreachable!());
-            mac.update(data);
-            mac.finalize().into_bytes().to_vec()
+            if sha256 {
+                let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+                    .unwrap_or_else(|_| unreachable!());
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            } else {
+                let mut mac = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(key)
+                    .unwrap_or_else(|_| unreachable!());
+                mac.update(data);
+                mac.finalize().into_bytes().to_vec()
+            }
+        };
+        let salted = if sha256 {
+            let mut out = [0u8; 32];
+            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password.as_bytes(), &salt, iterations, &mut out);
+            out.to_vec()
+        } else {
+            let mut out = [0u8; 20];
+            pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password.as_bytes(), &salt, iterations, &mut out);
+            out.to_vec()
         };
         let client_key = hmac(&salted, b"Client Key");
-        let stored_key = sha2::Sha256::digest(&client_key);
+        let stored_key = if sha256 {
+            sha2::Sha256::digest(&client_key).to_vec()
+        } else {
+            sha1::Sha1::digest(&client_key).to_vec()
+        };
         let without_proof = format!("c=biws,r={r}");
         let auth_message = format!("{first_bare},{server_first},{without_proof}");
         let signature = hmac(&stored_key, auth_message.as_bytes());
