@@ -101,7 +101,7 @@ allow_unencrypted_plain_auth = true
 authentication = "internal_hashed"
 storage = "internal"
 log = { { levels = { min = "error" }, to = "file", filename = "$dir/log" } }
-modules_enabled = { "roster", "saslauth", "disco", "ping", "register", "offline", "posix" }
+modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "register", "offline", "posix" }
 modules_disabled = { "limits", "s2s" }
 limits = { c2s = { rate = "1000mb/s" } }
 VirtualHost "localhost"
