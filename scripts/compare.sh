@@ -110,7 +110,7 @@ EOF
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
         -keyout "$dir/localhost.key" -out "$dir/localhost.crt" 2>/dev/null
     chown -R prosody:prosody "$dir"
-    su prosody -s /bin/sh -c "exec prosody --config $dir/prosody.cfg.lua" >"$dir/out" 2>&1 &
+    su prosody -s /bin/sh -c "ulimit -n 65536; exec prosody --config $dir/prosody.cfg.lua" >"$dir/out" 2>&1 &
     PIDS+=("$!")
     PORT=35322
     MECH=scram1 # Prosody 0.12 offers SCRAM-SHA-1, not SCRAM-SHA-256
@@ -165,7 +165,7 @@ EJABBERD_PID_PATH=$dir/ejabberd.pid
 ERLANG_NODE=bench@localhost
 EOF
     chown -R ejabberd:ejabberd "$dir"
-    su ejabberd -s /bin/sh -c "HOME=$dir ejabberdctl --ctl-config $dir/ejabberdctl.cfg --config $dir/ejabberd.yml --logs $dir/logs --spool $dir/db foreground" >"$dir/out" 2>&1 &
+    su ejabberd -s /bin/sh -c "ulimit -n 65536; HOME=$dir ejabberdctl --ctl-config $dir/ejabberdctl.cfg --config $dir/ejabberd.yml --logs $dir/logs --spool $dir/db foreground" >"$dir/out" 2>&1 &
     PIDS+=("$!")
     PORT=35422
     MECH=scram1 # the Debian build's default SCRAM hash
