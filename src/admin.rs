@@ -11,8 +11,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Accounts;
-use crate::error::{StreamError, StreamErrorCondition};
-use crate::router::{Closing, Router};
 use crate::server::ServerState;
 
 /// One user-management request.
@@ -52,8 +50,13 @@ impl Response {
     }
 }
 
-/// Carries out a request. `router` is given when the server runs, so a deleted account's sessions end.
-pub async fn execute(accounts: &Accounts, router: Option<&Router>, request: Request) -> Response {
+/// Carries out a request. `running` is given when the server runs, so that a deleted account's
+/// sessions end and its in-memory state goes with it.
+pub async fn execute(
+    accounts: &Accounts,
+    running: Option<&ServerState>,
+    request: Request,
+) -> Response {
     match request {
         Request::Add { user, password } => match accounts.parse_user(&user) {
             Ok(jid) => match accounts.create(&jid, &password).await {
@@ -72,14 +75,8 @@ pub async fn execute(accounts: &Accounts, router: Option<&Router>, request: Requ
         Request::Del { user } => match accounts.parse_user(&user) {
             Ok(jid) => match accounts.delete(&jid).await {
                 Ok(()) => {
-                    if let Some(router) = router {
-                        router.close_account(
-                            &jid,
-                            Closing::Error(StreamError::with_text(
-                                StreamErrorCondition::NotAuthorized,
-                                "the account was removed",
-                            )),
-                        );
+                    if let Some(state) = running {
+                        state.account_removed(&jid);
                     }
                     Response::ok(format!("deleted {jid}"))
                 }
@@ -135,7 +132,7 @@ pub fn serve(state: Arc<ServerState>) -> anyhow::Result<impl std::future::Future
                 let mut reader = BufReader::new(read).take(64 * 1024);
                 let response = match reader.read_line(&mut line).await {
                     Ok(_) => match serde_json::from_str::<Request>(&line) {
-                        Ok(request) => execute(&state.accounts, Some(&state.router), request).await,
+                        Ok(request) => execute(&state.accounts, Some(&state), request).await,
                         Err(e) => Response::err(format!("bad request: {e}")),
                     },
                     Err(e) => Response::err(format!("cannot read the request: {e}")),

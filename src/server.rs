@@ -42,6 +42,19 @@ pub struct ServerState {
 }
 
 impl ServerState {
+    /// After an account was deleted: its sessions end with `<not-authorized/>`, and its recent
+    /// activity is forgotten so that it is not written back under the deleted name.
+    pub fn account_removed(&self, jid: &jid::BareJid) {
+        self.activity.forget(jid);
+        self.router.close_account(
+            jid,
+            crate::router::Closing::Error(StreamError::with_text(
+                StreamErrorCondition::NotAuthorized,
+                "the account was removed",
+            )),
+        );
+    }
+
     pub fn next_session_id(&self) -> u64 {
         self.session_ids.fetch_add(1, Ordering::Relaxed)
     }

@@ -5,8 +5,7 @@ use minidom::Element;
 
 use super::{IqResult, Module, Spec, Support};
 use crate::auth::AccountError;
-use crate::error::{StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
-use crate::router::Closing;
+use crate::error::{StanzaError, StanzaErrorCondition};
 use crate::server::ServerState;
 use crate::session::SessionCtx;
 use crate::xml::ns;
@@ -152,12 +151,6 @@ pub async fn handle(ctx: &SessionCtx, set: bool, query: &Element) -> IqResult {
 pub async fn after_removal(ctx: &SessionCtx) {
     let user = ctx.jid.to_bare();
     if matches!(ctx.state.accounts.exists(&user), Ok(false)) {
-        ctx.state.router.close_account(
-            &user,
-            Closing::Error(StreamError::with_text(
-                StreamErrorCondition::NotAuthorized,
-                "the account was removed",
-            )),
-        );
+        ctx.state.account_removed(&user);
     }
 }
