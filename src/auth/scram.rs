@@ -27,7 +27,8 @@ impl ScramHash {
         }
     }
 
-    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+    /// HMAC with this hash.
+    pub fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
         match self {
             ScramHash::Sha1 => {
                 // HMAC accepts keys of any length, so construction cannot fail.
@@ -45,7 +46,8 @@ impl ScramHash {
         }
     }
 
-    fn digest(self, data: &[u8]) -> Vec<u8> {
+    /// The hash of `data`.
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
         use sha2::Digest;
         match self {
             ScramHash::Sha1 => sha1::Sha1::digest(data).to_vec(),
@@ -53,7 +55,8 @@ impl ScramHash {
         }
     }
 
-    fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+    /// RFC 5802 Hi(): PBKDF2 with this hash.
+    pub fn salted_password(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
         match self {
             ScramHash::Sha1 => {
                 let mut out = [0u8; 20];

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use clap::{Parser, Subcommand};
-use hmac::{KeyInit, Mac};
-use sha2::Digest;
+use rookery::auth::scram::ScramHash;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -358,37 +357,18 @@ impl Conn {
         let (Some(r), Some(salt), Some(iterations)) = (r, s, i) else {
             return fail(format!("bad server-first message: {server_first}"));
         };
-        let hmac = |key: &[u8], data: &[u8]| -> Vec<u8> {
-            if sha256 {
-                let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
-                    .unwrap_or_else(|_| unreachable!());
-                mac.update(data);
-                mac.finalize().into_bytes().to_vec()
-            } else {
-                let mut mac = <hmac::Hmac<sha1::Sha1> as KeyInit>::new_from_slice(key)
-                    .unwrap_or_else(|_| unreachable!());
-                mac.update(data);
-                mac.finalize().into_bytes().to_vec()
-            }
-        };
-        let salted = if sha256 {
-            let mut out = [0u8; 32];
-            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password.as_bytes(), &salt, iterations, &mut out);
-            out.to_vec()
+        // The same primitives the server's SCRAM uses.
+        let hash = if sha256 {
+            ScramHash::Sha256
         } else {
-            let mut out = [0u8; 20];
-            pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password.as_bytes(), &salt, iterations, &mut out);
-            out.to_vec()
+            ScramHash::Sha1
         };
-        let client_key = hmac(&salted, b"Client Key");
-        let stored_key = if sha256 {
-            sha2::Sha256::digest(&client_key).to_vec()
-        } else {
-            sha1::Sha1::digest(&client_key).to_vec()
-        };
+        let salted = hash.salted_password(password.as_bytes(), &salt, iterations);
+        let client_key = hash.hmac(&salted, b"Client Key");
+        let stored_key = hash.digest(&client_key);
         let without_proof = format!("c=biws,r={r}");
         let auth_message = format!("{first_bare},{server_first},{without_proof}");
-        let signature = hmac(&stored_key, auth_message.as_bytes());
+        let signature = hash.hmac(&stored_key, auth_message.as_bytes());
         let proof: Vec<u8> = client_key
             .iter()
             .zip(&signature)
