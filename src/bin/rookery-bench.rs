@@ -74,6 +74,9 @@ enum Scenario {
     Idle {
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
+        /// Sessions (resources) per account.
+        #[arg(long, default_value_t = 5)]
+        per_account: usize,
     },
     /// One-to-one chat between sender/receiver pairs.
     Chat {
@@ -496,20 +499,26 @@ async fn login(args: &Args, count: usize, concurrency: usize) -> Result<serde_js
     }))
 }
 
-async fn idle(args: &Args, sessions: usize) -> Result<serde_json::Value> {
-    let user = format!("{}-idle", args.prefix);
-    register_all(args, std::slice::from_ref(&user)).await?;
+async fn idle(args: &Args, sessions: usize, per_account: usize) -> Result<serde_json::Value> {
+    // Several resources per account, as people with a phone and a desktop have, but not thousands
+    // on one account: some servers limit resources per account.
+    let per_account = per_account.max(1);
+    let accounts = sessions.div_ceil(per_account).max(1);
+    let users: Vec<String> = (0..accounts)
+        .map(|i| format!("{}-idle{i}", args.prefix))
+        .collect();
+    register_all(args, &users).await?;
     // A few sessions first, so the baseline includes what every server sets up lazily.
     let mut held = Vec::new();
     for i in 0..10 {
-        held.push(Conn::session(args, i, &user, &format!("w{i}"), true).await?);
+        held.push(Conn::session(args, i, &users[0], &format!("w{i}"), true).await?);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (before, _) = proc_stats(args.pid);
     let semaphore = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = Vec::new();
     for i in 0..sessions {
-        let (args, user) = (args.clone(), user.clone());
+        let (args, user) = (args.clone(), users[i / per_account].clone());
         let permit = semaphore.clone().acquire_owned().await?;
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
@@ -522,7 +531,7 @@ async fn idle(args: &Args, sessions: usize) -> Result<serde_json::Value> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (after, _) = proc_stats(args.pid);
     Ok(serde_json::json!({
-        "scenario": "idle", "tls": args.tls, "sessions": sessions,
+        "scenario": "idle", "tls": args.tls, "sessions": sessions, "accounts": accounts,
         "server_rss_kib_before": before, "server_rss_kib_after": after,
         "kib_per_session": after.saturating_sub(before) as f64 / sessions as f64,
     }))
@@ -821,7 +830,13 @@ async fn main() -> std::process::ExitCode {
             };
             login(&args, count, concurrency).await
         }
-        Scenario::Idle { sessions } => idle(&args, if args.smoke { 20 } else { sessions }).await,
+        Scenario::Idle {
+            sessions,
+            per_account,
+        } => {
+            let sessions = if args.smoke { 20 } else { sessions };
+            idle(&args, sessions, per_account).await
+        }
         Scenario::Chat {
             pairs,
             messages,

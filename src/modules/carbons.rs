@@ -121,7 +121,7 @@ pub async fn received(
     let except: Vec<u64> = delivered.iter().map(|s| s.id).collect();
     let sessions = enabled(state, user, &except);
     if !sessions.is_empty() {
-        copy_to("received", user, message, sessions).await;
+        Box::pin(copy_to("received", user, message, sessions)).await;
     }
 }
 
@@ -130,6 +130,6 @@ pub async fn sent(ctx: &SessionCtx, message: &Element) {
     let user = ctx.jid.to_bare();
     let sessions = enabled(&ctx.state, &user, &[ctx.handle.id]);
     if !sessions.is_empty() && eligible(message) {
-        copy_to("sent", &user, message, sessions).await;
+        Box::pin(copy_to("sent", &user, message, sessions)).await;
     }
 }

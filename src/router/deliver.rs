@@ -41,7 +41,8 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
         }
     }
     if el.name() == "presence" {
-        return crate::modules::presence::outbound(ctx, el, to).await;
+        // Presence, iq handlers: boxed, so that the session's task is sized for the message path.
+        return Box::pin(crate::modules::presence::outbound(ctx, el, to)).await;
     }
     if el.name() == "message" {
         // XEP-0280: the account's other resources see what this one sent.
@@ -65,7 +66,7 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
     let bare = to.to_bare();
     match to.try_as_full() {
         Err(_) if bare == ctx.jid.to_bare() && el.name() == "iq" => {
-            crate::modules::account_iq(ctx, el).await
+            Box::pin(crate::modules::account_iq(ctx, el)).await
         }
         Err(_) => to_bare(ctx, el, &bare).await,
         Ok(full) => match ctx.state.router.get(full) {
@@ -94,7 +95,7 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
 async fn to_server(ctx: &SessionCtx, el: Element) {
     // RFC 6121 §8.5.1 (and §10.3 of RFC 6120): a message to the server is ignored.
     if el.name() == "iq" {
-        crate::modules::server_iq(ctx, el).await
+        Box::pin(crate::modules::server_iq(ctx, el)).await
     }
 }
 
@@ -109,7 +110,7 @@ async fn to_bare(ctx: &SessionCtx, el: Element, bare: &BareJid) {
     }
     if el.name() == "iq" {
         // §8.5.2.1.3: an iq to another user's bare JID is handled by the server for that account.
-        return crate::modules::contact_iq(ctx, el, bare).await;
+        return Box::pin(crate::modules::contact_iq(ctx, el, bare)).await;
     }
     let available = ctx.state.router.available(bare);
     let non_negative: Vec<SessionHandle> = available
@@ -124,7 +125,7 @@ async fn to_bare(ctx: &SessionCtx, el: Element, bare: &BareJid) {
         // §8.5.2.1.1: an error message to a bare JID is silently ignored.
         "error" => {}
         // normal and chat: the most available resources (equal top priority), else offline storage.
-        _ if non_negative.is_empty() => store_offline(ctx, el, bare).await,
+        _ if non_negative.is_empty() => Box::pin(store_offline(ctx, el, bare)).await,
         _ => deliver(ctx, el, bare, &highest(non_negative)).await,
     }
 }

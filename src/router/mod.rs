@@ -3,6 +3,7 @@
 //! `Router`, never a session directly.
 
 pub mod deliver;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use jid::{BareJid, FullJid};
 use minidom::Element;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::Notify;
 
 use crate::error::StreamError;
 
@@ -46,8 +47,40 @@ pub struct SessionHandle {
     pub jid: FullJid,
     /// What other sessions need to know of this one's presence (RFC 6121 §4).
     pub presence: Arc<PresenceState>,
-    queue: mpsc::Sender<Outbound>,
-    control: Arc<watch::Sender<Option<Closing>>>,
+    queue: queue::Sender<Outbound>,
+    control: Arc<Control>,
+}
+
+/// How a session is told to stop, out of band of its queue.
+#[derive(Default)]
+pub struct Control {
+    closing: Mutex<Option<Closing>>,
+    notify: Notify,
+}
+
+impl Control {
+    /// Asks the session to close; the first request wins.
+    pub fn close(&self, closing: Closing) {
+        let Ok(mut current) = self.closing.lock() else {
+            return;
+        };
+        if current.is_none() {
+            *current = Some(closing);
+            drop(current);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Waits until a close is asked for, and says how. Cancel-safe: the request stays until read.
+    pub async fn closed(&self) -> Closing {
+        loop {
+            if let Some(closing) = self.closing.lock().ok().and_then(|c| c.clone()) {
+                return closing;
+            }
+            // A request made after the check above leaves a permit: no wake-up is lost.
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// A session's presence as the rest of the server sees it. Written by the session's own task,
@@ -59,8 +92,9 @@ pub struct PresenceState {
     priority: AtomicI32,
     /// Asked for the roster, so it gets roster pushes ("interested resource", RFC 6121 §2.1.6).
     interested: AtomicBool,
-    /// The last available presence broadcast, without `to`, for answering probes.
-    last: Mutex<Option<Element>>,
+    /// The last available presence broadcast, without `to`, for answering probes. Kept serialized:
+    /// a parsed element costs about ten times its text, and probes are rare.
+    last: Mutex<Option<Box<str>>>,
     /// Asked for message carbons (XEP-0280).
     carbons: AtomicBool,
     /// Asked for the blocklist, so it gets block/unblock pushes (XEP-0191).
@@ -102,8 +136,9 @@ impl PresenceState {
 
     /// Records an available presence (with its priority) as the one probes are answered with.
     pub fn set_available(&self, priority: i32, presence: Element) {
+        let text = String::from_utf8(crate::xml::serialize(&presence)).unwrap_or_default();
         if let Ok(mut last) = self.last.lock() {
-            *last = Some(presence);
+            *last = Some(text.into_boxed_str());
         }
         self.priority.store(priority, Ordering::Release);
         self.available.store(true, Ordering::Release);
@@ -121,7 +156,8 @@ impl PresenceState {
         if !self.is_available() {
             return None;
         }
-        self.last.lock().ok().and_then(|l| l.clone())
+        let text = self.last.lock().ok().and_then(|l| l.clone())?;
+        text.parse::<Element>().ok()
     }
 }
 
@@ -129,36 +165,39 @@ impl PresenceState {
 const DELIVERY_WAIT: Duration = Duration::from_secs(10);
 
 impl SessionHandle {
-    pub fn new(
-        id: u64,
-        jid: FullJid,
-        queue: mpsc::Sender<Outbound>,
-        control: watch::Sender<Option<Closing>>,
-    ) -> Self {
+    pub fn new(id: u64, jid: FullJid, queue: queue::Sender<Outbound>) -> Self {
         SessionHandle {
             id,
             jid,
             presence: Arc::new(PresenceState::default()),
             queue,
-            control: Arc::new(control),
+            control: Arc::default(),
         }
     }
 
     /// Asks the session to close; the first request wins.
     pub fn close(&self, closing: Closing) {
-        self.control.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(closing);
-                true
-            } else {
-                false
-            }
-        });
+        self.control.close(closing);
+    }
+
+    /// The session's off switch, for the session itself to watch.
+    pub fn control(&self) -> &Control {
+        &self.control
     }
 
     /// Queues bytes for the session. Waits while its queue is full (back-pressure); a recipient that
     /// stays full that long is not reading, so it is closed rather than allowed to stall the sender.
     pub async fn send(&self, out: Outbound) -> bool {
+        match self.queue.try_send(out) {
+            Ok(()) => true,
+            Err(queue::TrySendError::Closed(_)) => false,
+            // Boxed: the common case above keeps every caller's future small.
+            Err(queue::TrySendError::Full(out)) => Box::pin(self.send_waiting(out)).await,
+        }
+    }
+
+    /// Waits for room in a full queue, but not forever: a client that reads nothing is closed.
+    async fn send_waiting(&self, out: Outbound) -> bool {
         match tokio::time::timeout(DELIVERY_WAIT, self.queue.send(out)).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,

@@ -17,14 +17,14 @@ use bytes::Bytes;
 use jid::FullJid;
 use minidom::Element;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{
     set_attr, StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition,
 };
 use crate::modules::offline;
-use crate::router::{Closing, Outbound, SessionHandle};
+use crate::router::{queue, Closing, Outbound, SessionHandle};
 use crate::server::ServerState;
 use crate::stream::Bound;
 use crate::transport::Transport;
@@ -68,8 +68,9 @@ impl SessionCtx {
     }
 }
 
-/// Runs a session until its stream ends for good.
-pub async fn run(state: Arc<ServerState>, bound: Bound) {
+/// Runs a session until its stream ends for good. Set up here, outside the future, so that the
+/// future holds each piece of state once.
+pub fn run(state: Arc<ServerState>, bound: Bound) -> impl std::future::Future<Output = ()> {
     let Bound {
         jid,
         reader,
@@ -77,10 +78,9 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
         peer,
         tls,
     } = bound;
-    let (queue_tx, queue) = mpsc::channel(state.config.c2s.session_queue);
-    let (control_tx, control) = watch::channel(None);
+    let (queue_tx, queue) = queue::bounded(state.config.c2s.session_queue);
     let id = state.next_session_id();
-    let handle = SessionHandle::new(id, jid.clone(), queue_tx, control_tx);
+    let handle = SessionHandle::new(id, jid.clone(), queue_tx);
     if let Some(old) = state.router.register(handle.clone()) {
         tracing::info!(jid = %jid, "a new connection bound the same resource; closing the old one");
         old.close(Closing::Error(StreamError::with_text(
@@ -96,10 +96,9 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
         unflushed: Default::default(),
     };
     tracing::debug!(%peer, jid = %jid, tls, "session started");
-    let (resume_tx, resume_rx) = mpsc::channel(1);
-    let mut session = Session {
+    let (resume_tx, resume_rx) = queue::bounded(1);
+    let session = Session {
         ctx,
-        control,
         shutdown: state.shutdown.clone(),
         unacked: Arc::new(Mutex::new(Unacked::default())),
         sm_enabled: false,
@@ -108,9 +107,9 @@ pub async fn run(state: Arc<ServerState>, bound: Bound) {
         resume_tx,
         resume_rx,
         pending: VecDeque::new(),
-        inactive: watch::channel(false).0,
+        inactive: Arc::default(),
     };
-    session.run(reader, writer, queue).await;
+    session.run(Box::new(reader), writer, queue)
 }
 
 /// Why a connection of a session ended.
@@ -129,16 +128,16 @@ enum End {
 
 /// One connection of a session: its reader here, its writer in a task.
 struct Connection {
-    reader: XmlReader<ReadHalf<Transport>>,
+    /// Boxed: moved around between connections, and large.
+    reader: Box<XmlReader<ReadHalf<Transport>>>,
     writer: JoinHandle<Stopped>,
     /// The queue, once the writer has ended by itself (the socket failed).
     returned: Option<Stopped>,
-    stop: watch::Sender<Option<Bytes>>,
+    stop: oneshot::Sender<Bytes>,
 }
 
 struct Session {
     ctx: SessionCtx,
-    control: watch::Receiver<Option<Closing>>,
     shutdown: watch::Receiver<bool>,
     unacked: Arc<Mutex<Unacked>>,
     sm_enabled: bool,
@@ -146,41 +145,40 @@ struct Session {
     sm_id: Option<String>,
     /// Stanzas from the client handled so far (XEP-0198 `h`, mod 2^32).
     handled: u32,
-    resume_tx: mpsc::Sender<Box<ResumeRequest>>,
-    resume_rx: mpsc::Receiver<Box<ResumeRequest>>,
+    resume_tx: queue::Sender<Box<ResumeRequest>>,
+    resume_rx: queue::Receiver<Box<ResumeRequest>>,
     /// Stanzas queued while hibernating, sent on resumption.
     pending: VecDeque<sm::Sent>,
     /// XEP-0352: true while the client says it is inactive; the writer watches it.
-    inactive: watch::Sender<bool>,
+    inactive: Arc<csi::Inactivity>,
 }
 
 impl Session {
     async fn run(
-        &mut self,
-        reader: XmlReader<ReadHalf<Transport>>,
+        mut self,
+        reader: Box<XmlReader<ReadHalf<Transport>>>,
         writer: WriteHalf<Transport>,
-        queue: mpsc::Receiver<Outbound>,
+        queue: queue::Receiver<Outbound>,
     ) {
         let mut connection = self.connect(reader, writer, queue, None, Vec::new());
         let mut queue = loop {
             let end = self.serve(&mut connection).await;
             let resume = match end {
                 End::Closed => {
-                    break self
-                        .stop(connection, Some(Bytes::from_static(xml::STREAM_CLOSE)))
-                        .await;
+                    break Box::pin(
+                        self.stop(connection, Some(Bytes::from_static(xml::STREAM_CLOSE))),
+                    )
+                    .await;
                 }
                 End::Error(err) => {
-                    break self
-                        .stop(connection, Some(Bytes::from(err.to_bytes())))
-                        .await;
+                    break Box::pin(self.stop(connection, Some(Bytes::from(err.to_bytes())))).await;
                 }
                 End::Kicked(closing) => {
                     let bytes = match closing {
                         Closing::Error(err) => Bytes::from(err.to_bytes()),
                         Closing::Quietly => Bytes::from_static(xml::STREAM_CLOSE),
                     };
-                    break self.stop(connection, Some(bytes)).await;
+                    break Box::pin(self.stop(connection, Some(bytes))).await;
                 }
                 End::Resume(request) => {
                     // XEP-0198 §5: the old connection of a resumed session gets <conflict/>.
@@ -188,28 +186,28 @@ impl Session {
                         StreamErrorCondition::Conflict,
                         "the session was resumed elsewhere",
                     );
-                    let queue = self
-                        .stop(connection, Some(Bytes::from(conflict.to_bytes())))
-                        .await;
+                    let queue =
+                        Box::pin(self.stop(connection, Some(Bytes::from(conflict.to_bytes()))))
+                            .await;
                     (*request, queue)
                 }
                 End::Lost => {
-                    let queue = self.stop(connection, None).await;
+                    let queue = Box::pin(self.stop(connection, None)).await;
                     if self.sm_id.is_none() {
                         break queue;
                     }
-                    match self.hibernate(queue).await {
+                    match Box::pin(self.hibernate(queue)).await {
                         (Some(request), queue) => (request, queue),
                         (None, queue) => break queue,
                     }
                 }
             };
-            match self.resume(resume.0, resume.1).await {
+            match Box::pin(self.resume(resume.0, resume.1)).await {
                 Ok(next) => connection = next,
                 Err(queue) => break queue,
             }
         };
-        self.finish(&mut queue).await;
+        Box::pin(self.finish(&mut queue)).await;
     }
 
     /// Stops a connection's writer (after it writes `closing`, if any) and takes back the queue.
@@ -218,7 +216,7 @@ impl Session {
         &mut self,
         connection: Connection,
         closing: Option<Bytes>,
-    ) -> mpsc::Receiver<Outbound> {
+    ) -> queue::Receiver<Outbound> {
         let Connection {
             writer,
             stop,
@@ -228,11 +226,11 @@ impl Session {
         let (queue, held) = match returned {
             Some(stopped) => stopped,
             None => {
-                let _ = stop.send(Some(closing.unwrap_or_default()));
+                let _ = stop.send(closing.unwrap_or_default());
                 match writer.await {
                     Ok(stopped) => stopped,
                     // The writer panicked: nothing can be recovered from its queue.
-                    Err(_) => (mpsc::channel(1).1, Vec::new()),
+                    Err(_) => (queue::Receiver::closed(), Vec::new()),
                 }
             }
         };
@@ -245,19 +243,19 @@ impl Session {
     /// Starts the writer for a connection; `first` is written before anything else, then `resend`.
     fn connect(
         &self,
-        reader: XmlReader<ReadHalf<Transport>>,
+        reader: Box<XmlReader<ReadHalf<Transport>>>,
         writer: WriteHalf<Transport>,
-        queue: mpsc::Receiver<Outbound>,
+        queue: queue::Receiver<Outbound>,
         first: Option<Bytes>,
         resend: Vec<sm::Sent>,
     ) -> Connection {
-        let (stop_tx, stop_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = oneshot::channel();
         let writer = tokio::spawn(write_loop(
             writer,
             queue,
             stop_rx,
             self.unacked.clone(),
-            self.inactive.subscribe(),
+            self.inactive.clone(),
             Settle {
                 state: self.ctx.state.clone(),
                 user: self.ctx.jid.to_bare(),
@@ -278,10 +276,7 @@ impl Session {
         loop {
             let event = tokio::select! {
                 event = connection.reader.next() => event,
-                _ = self.control.changed() => {
-                    let closing = self.control.borrow().clone().unwrap_or(Closing::Quietly);
-                    return End::Kicked(closing);
-                }
+                closing = self.ctx.handle.control().closed() => return End::Kicked(closing),
                 _ = self.shutdown.changed() => return End::Error(StreamError::new(StreamErrorCondition::SystemShutdown)),
                 Some(request) = self.resume_rx.recv() => return End::Resume(request),
                 ended = &mut connection.writer, if connection.returned.is_none() => {
@@ -294,10 +289,10 @@ impl Session {
             match event {
                 Ok(XmlEvent::Element(el)) if el.ns() == csi::NS => match el.name() {
                     "active" => {
-                        self.inactive.send_replace(false);
+                        self.inactive.set(false);
                     }
                     "inactive" => {
-                        self.inactive.send_replace(true);
+                        self.inactive.set(true);
                     }
                     other => {
                         return End::Error(StreamError::with_text(
@@ -307,12 +302,14 @@ impl Session {
                     }
                 },
                 Ok(XmlEvent::Element(el)) if el.ns() == sm::NS => {
-                    if let Err(err) = self.stream_management(&el).await {
+                    if let Err(err) = Box::pin(self.stream_management(&el)).await {
                         return End::Error(err);
                     }
                 }
                 Ok(XmlEvent::Element(el)) => {
-                    if let Err(err) = handle_element(&self.ctx, el).await {
+                    // Boxed, like the other branches that are large and rare per connection: the
+                    // task of an idle session is then a few hundred bytes.
+                    if let Err(err) = Box::pin(handle_element(&self.ctx, el)).await {
                         return End::Error(err);
                     }
                     // Counted once handled, from <enable/> on: an ack covers only what was processed
@@ -432,8 +429,8 @@ impl Session {
     /// shutdown. Returns the resumption request, if one came, and the queue.
     async fn hibernate(
         &mut self,
-        mut queue: mpsc::Receiver<Outbound>,
-    ) -> (Option<ResumeRequest>, mpsc::Receiver<Outbound>) {
+        mut queue: queue::Receiver<Outbound>,
+    ) -> (Option<ResumeRequest>, queue::Receiver<Outbound>) {
         let limit = self.ctx.state.config.c2s.session_queue.max(1) * 4;
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(self.ctx.state.config.c2s.resume_timeout);
@@ -460,7 +457,7 @@ impl Session {
                     None => return (None, queue),
                 },
                 _ = tokio::time::sleep_until(deadline) => return (None, queue),
-                _ = self.control.changed() => return (None, queue),
+                _ = self.ctx.handle.control().closed() => return (None, queue),
                 _ = self.shutdown.changed() => return (None, queue),
             }
         }
@@ -471,8 +468,8 @@ impl Session {
     async fn resume(
         &mut self,
         request: ResumeRequest,
-        queue: mpsc::Receiver<Outbound>,
-    ) -> Result<Connection, mpsc::Receiver<Outbound>> {
+        queue: queue::Receiver<Outbound>,
+    ) -> Result<Connection, queue::Receiver<Outbound>> {
         let ResumeRequest {
             reader,
             mut writer,
@@ -498,7 +495,7 @@ impl Session {
         };
         resend.extend(self.pending.drain(..));
         // XEP-0352: a resumed stream starts active.
-        self.inactive.send_replace(false);
+        self.inactive.set(false);
         // The h in <resumed/> acknowledges like <a/> does: only what is on disk.
         if self
             .ctx
@@ -517,12 +514,12 @@ impl Session {
             self.handled
         ));
         tracing::info!(jid = %self.ctx.jid, resent = resend.len(), "session resumed");
-        Ok(self.connect(reader, writer, queue, Some(resumed), resend))
+        Ok(self.connect(Box::new(reader), writer, queue, Some(resumed), resend))
     }
 
     /// The session is over: unacknowledged and undelivered messages go to offline storage, contacts
     /// hear the resource went away, and the session leaves the registry.
-    async fn finish(&mut self, queue: &mut mpsc::Receiver<Outbound>) {
+    async fn finish(&mut self, queue: &mut queue::Receiver<Outbound>) {
         let state = self.ctx.state.clone();
         let jid = self.ctx.jid.clone();
         if let Some(id) = self.sm_id.take() {
@@ -539,7 +536,7 @@ impl Session {
             .unwrap_or_default();
         left.extend(self.pending.drain(..));
         queue.close();
-        while let Ok(item) = queue.try_recv() {
+        while let Some(item) = queue.try_recv() {
             match item {
                 Outbound::Stanza(bytes) => left.push((bytes, None)),
                 Outbound::Stored(bytes, key) => left.push((bytes, Some(key))),
@@ -666,10 +663,10 @@ fn valid_iq(el: &Element) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut writer: WriteHalf<Transport>,
-    mut queue: mpsc::Receiver<Outbound>,
-    mut stop: watch::Receiver<Option<Bytes>>,
+    mut queue: queue::Receiver<Outbound>,
+    mut stop: oneshot::Receiver<Bytes>,
     unacked: Arc<Mutex<Unacked>>,
-    mut inactive: watch::Receiver<bool>,
+    inactive: Arc<csi::Inactivity>,
     settle: Settle,
     first: Option<Bytes>,
     resend: Vec<sm::Sent>,
@@ -699,14 +696,15 @@ async fn write_loop(
         }
         tokio::select! {
             biased;
-            _ = stop.changed() => {
-                let closing = stop.borrow().clone().unwrap_or_default();
+            closing = &mut stop => {
+                // Dropped without a word: stop without closing bytes.
+                let closing = closing.unwrap_or_default();
                 if !closing.is_empty() {
                     // What was queued before the close still goes out first.
                     while out.buf.len() < BATCH {
                         match queue.try_recv() {
-                            Ok(item) => out.record(&unacked, &item),
-                            Err(_) => break,
+                            Some(item) => out.record(&unacked, &item),
+                            None => break,
                         }
                     }
                     out.buf.extend_from_slice(&closing);
@@ -724,7 +722,7 @@ async fn write_loop(
                 return (queue, held.take());
             }
             _ = inactive.changed() => {
-                if !*inactive.borrow() {
+                if !inactive.get() {
                     for stanza in held.take() {
                         out.record(&unacked, &Outbound::Stanza(stanza));
                     }
@@ -732,13 +730,13 @@ async fn write_loop(
             }
             item = queue.recv() => match item {
                 Some(item) => {
-                    let quiet = *inactive.borrow();
+                    let quiet = inactive.get();
                     out.admit(&unacked, &mut held, quiet, item);
                     // Take whatever else is already queued, so a burst becomes one write.
                     while out.buf.len() < BATCH {
                         match queue.try_recv() {
-                            Ok(item) => out.admit(&unacked, &mut held, quiet, item),
-                            Err(_) => break,
+                            Some(item) => out.admit(&unacked, &mut held, quiet, item),
+                            None => break,
                         }
                     }
                 }
@@ -750,7 +748,7 @@ async fn write_loop(
 
 /// What a stopped writer hands back: the queue, and what CSI was still holding (sent on a
 /// resumed stream rather than lost).
-type Stopped = (mpsc::Receiver<Outbound>, Vec<Bytes>);
+type Stopped = (queue::Receiver<Outbound>, Vec<Bytes>);
 
 /// The queue item for a stanza to send again.
 fn sent_item(stanza: Bytes, key: Option<u64>) -> Outbound {
@@ -778,8 +776,8 @@ impl Out {
     fn written(&mut self, settle: &Settle) {
         offline::settle(&settle.state, &settle.user, &self.delivers);
         self.delivers.clear();
-        self.buf.clear();
-        self.buf.shrink_to(4096);
+        // An idle connection keeps no write buffer; a busy one allocates one per batch.
+        self.buf = Vec::new();
     }
 
     /// After a failed write: the copies stay stored, free for the next session to deliver.

@@ -6,7 +6,6 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use jid::BareJid;
 use tokio::io::WriteHalf;
-use tokio::sync::mpsc;
 
 use crate::modules::{Module, Spec, Support};
 use crate::transport::Transport;
@@ -116,7 +115,7 @@ pub struct ResumeRequest {
 pub struct ResumeHandle {
     pub user: BareJid,
     /// Boxed: a channel allocates slots for its items, and the request is large.
-    pub sender: mpsc::Sender<Box<ResumeRequest>>,
+    pub sender: crate::router::queue::Sender<Box<ResumeRequest>>,
 }
 
 /// `<failed/>` with a stanza error condition.

@@ -72,18 +72,34 @@ struct Negotiation {
 }
 
 /// Serves one accepted TCP connection to the end.
+///
+/// Negotiation and the session are separate boxed futures: a task's memory is its largest state,
+/// and an idle session, held for hours, should not pay for TLS handshakes and SASL.
 pub async fn serve(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let negotiation = Box::pin(negotiate(state.clone(), tcp, peer, direct_tls));
+    if let Some(bound) = negotiation.await {
+        Box::pin(crate::session::run(state, bound)).await;
+    }
+}
+
+/// Takes a connection up to a bound resource; `None` when it ended or a resumed session took it.
+async fn negotiate(
+    state: Arc<ServerState>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+) -> Option<Bound> {
     let deadline = Instant::now() + Duration::from_secs(state.config.c2s.auth_timeout);
     let transport = if direct_tls {
         match tokio::time::timeout_at(deadline, state.tls.accept(tcp)).await {
             Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
             Ok(Err(err)) => {
                 tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::debug!(%peer, "TLS handshake timed out");
-                return;
+                return None;
             }
         }
     } else {
@@ -108,10 +124,13 @@ pub async fn serve(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr, di
     };
     tracing::debug!(%peer, direct_tls, "connection opened");
     match negotiation.run().await {
-        Ok(Some(bound)) => crate::session::run(negotiation.state.clone(), bound).await,
+        Ok(Some(bound)) => Some(bound),
         // The connection now belongs to a resumed session.
-        Ok(None) => {}
-        Err(stop) => negotiation.stop(stop).await,
+        Ok(None) => None,
+        Err(stop) => {
+            negotiation.stop(stop).await;
+            None
+        }
     }
 }
 
@@ -340,7 +359,7 @@ impl Negotiation {
             Ok(()) => Ok(true),
             Err(refused) => {
                 // The session ended just now: take the connection back and say so.
-                let crate::session::sm::ResumeRequest { reader, writer, .. } = *refused.0;
+                let crate::session::sm::ResumeRequest { reader, writer, .. } = *refused;
                 self.reader = Some(reader);
                 self.writer = Some(writer);
                 self.send(&crate::session::sm::failed("item-not-found", None))

@@ -1,6 +1,7 @@
 //! The wire format: bytes in, one `minidom::Element` per top-level stanza out (`reader`), and
 //! elements back to bytes (`serialize`). Nothing here touches sockets or knows about features.
 
+pub mod lean;
 pub mod reader;
 
 pub use reader::{StreamHeader, XmlError, XmlEvent, XmlReader};

@@ -14,11 +14,13 @@ use minidom::Element;
 use quick_xml::events::Event;
 use quick_xml::name::{QName, ResolveResult};
 use quick_xml::NsReader;
-use tokio::io::{AsyncRead, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::lean::LeanBufReader as BufReader;
 
 use super::ns;
 
-/// Read buffer per connection. Small on purpose: idle connections are the common case.
+/// Read buffer per connection while it reads (an idle connection has none, see `lean`).
 const READ_BUFFER: usize = 4096;
 
 /// What the reader produced.
@@ -212,6 +214,10 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
     /// unless the stream is abandoned when the other future wins.
     pub async fn next(&mut self) -> Result<XmlEvent, XmlError> {
         loop {
+            if self.buf.capacity() > 512 {
+                // One large event does not make the connection keep a large buffer.
+                self.buf = Vec::new();
+            }
             self.buf.clear();
             let event = match self.reader.read_event_into_async(&mut self.buf).await {
                 Ok(event) => event,
