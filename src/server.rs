@@ -141,6 +141,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
     }
     tasks.push(tokio::spawn(crate::admin::serve(state.clone())?));
     tokio::spawn(crate::modules::activity::writer(state.clone()));
+    tokio::spawn(crate::modules::offline::checkpoint(state.clone()));
     tracing::info!(domain = %domain, data = %state.config.server.data_dir.display(), "Rookery {} ready", env!("CARGO_PKG_VERSION"));
     Ok(Running {
         state,

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use super::credentials::{self, PasswordError};
 use super::scram::ScramHash;
 use crate::config::AuthConfig;
-use crate::store::{ScramVerifier, StoreError, Stores};
+use crate::store::{OfflineStore, ScramVerifier, StoreError, Stores};
 
 /// Why an account operation failed, worded for the person who asked.
 #[derive(Debug, thiserror::Error)]

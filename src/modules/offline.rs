@@ -11,7 +11,7 @@ use crate::error::set_attr;
 use crate::router::Outbound;
 use crate::server::ServerState;
 use crate::session::SessionCtx;
-use crate::store::StoreError;
+use crate::store::{OfflineStore, StoreError};
 use crate::xml::{self, ns};
 
 pub const MODULE: Module = Module {
@@ -89,22 +89,44 @@ pub async fn store(
 /// queue until the session's client acknowledges the message (XEP-0198), or the message was
 /// written to a client without stream management, so that a crash in between loses nothing.
 /// Not flushed here: the sender's ack waits for a group-committed flush (session `<r/>`).
+///
+/// Staged in memory (`store::staged`): most copies are settled before anything needs them on disk.
+/// `serialized` is the message as delivered; the stored form adds the delay stamp to those bytes
+/// rather than to a copy of the element (this runs for every message).
 pub fn keep_in_flight(
     state: &ServerState,
     user: &BareJid,
     message: &Element,
+    serialized: &[u8],
 ) -> Result<u64, StoreError> {
-    keep(state, user, message, usize::MAX)?
-        .ok_or_else(|| StoreError::Backend("unbounded push refused".into()))
+    let ours = message
+        .children()
+        .any(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(state.domain.as_str()));
+    const END: &[u8] = b"</message>";
+    let stored = if ours {
+        serialized.to_vec()
+    } else if let Some(body) = serialized.strip_suffix(END) {
+        let stamp = now_stamp();
+        let mut stored = Vec::with_capacity(serialized.len() + 120);
+        stored.extend_from_slice(body);
+        stored.extend_from_slice(
+            format!(
+                "<delay xmlns='{}' from='{}' stamp='{stamp}'>Offline storage</delay>",
+                ns::DELAY,
+                state.domain
+            )
+            .as_bytes(),
+        );
+        stored.extend_from_slice(END);
+        stored
+    } else {
+        xml::serialize(&stamped(state, message))
+    };
+    state.stores.offline.stage(user, stored)
 }
 
-/// Stamps a message with our delay (unless it has one of ours) and appends it to the queue.
-fn keep(
-    state: &ServerState,
-    user: &BareJid,
-    message: &Element,
-    limit: usize,
-) -> Result<Option<u64>, StoreError> {
+/// The message with our delay stamp (unless it has one of ours).
+fn stamped(state: &ServerState, message: &Element) -> Element {
     let mut stamped = message.clone();
     // A delay from this server on a message is ours: forged ones are removed where messages enter
     // (session::handle_element), so one here comes from an earlier storage and keeps its time.
@@ -118,10 +140,41 @@ fn keep(
         delay.append_text("Offline storage");
         stamped.append_child(delay);
     }
+    stamped
+}
+
+/// Stamps a message with our delay (unless it has one of ours) and appends it to the queue.
+fn keep(
+    state: &ServerState,
+    user: &BareJid,
+    message: &Element,
+    limit: usize,
+) -> Result<Option<u64>, StoreError> {
     state
         .stores
         .offline
-        .push(user, &xml::serialize(&stamped), limit)
+        .push(user, &xml::serialize(&stamped(state, message)), limit)
+}
+
+/// How long an in-flight copy may stay in memory only. A sender with stream management has its
+/// messages on disk before it gets an ack anyway; this bounds what a crash can take from senders
+/// without it, like the backend's own flush interval does for other writes.
+pub const CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes in-flight copies older than `CHECKPOINT` to the backend, every `CHECKPOINT`.
+pub async fn checkpoint(state: std::sync::Arc<ServerState>) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT) => {}
+            _ = shutdown.changed() => break,
+        }
+        let offline = state.stores.offline.clone();
+        match tokio::task::spawn_blocking(move || offline.write_older_than(CHECKPOINT)).await {
+            Ok(Err(err)) => tracing::error!(error = %err, "cannot write in-flight copies"),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
 }
 
 /// Stores what a session that ended had not delivered or had not seen acknowledged (XEP-0198 §4):

@@ -215,7 +215,7 @@ async fn deliver(ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[
     // A message worth keeping is also kept in the recipient's queue until a client has it, so that
     // a crash between the sender's ack and the recipient's ack loses nothing.
     let key = if message && offline::worth_storing(&el) {
-        match offline::keep_in_flight(&ctx.state, bare, &el) {
+        match offline::keep_in_flight(&ctx.state, bare, &el, &bytes) {
             Ok(key) => {
                 ctx.state.offline_claims.claim(bare, key);
                 ctx.unflushed

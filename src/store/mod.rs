@@ -3,6 +3,7 @@
 //! scans, and every value starts with a version byte.
 
 pub mod sled;
+pub mod staged;
 
 use std::sync::Arc;
 
@@ -144,6 +145,10 @@ pub trait RosterStore: Send + Sync {
 
 /// Messages held for a user who was not online to receive them (XEP-0160), in arrival order.
 pub trait OfflineStore: Send + Sync {
+    /// A fresh key, greater than every key handed out before (also across restarts).
+    fn new_key(&self) -> Result<u64, StoreError>;
+    /// Stores a stanza under a key from `new_key`.
+    fn put(&self, user: &BareJid, key: u64, stanza: &[u8]) -> Result<(), StoreError>;
     /// Appends a serialized stanza unless the user already has `limit` stored; returns its key, or
     /// `None` when full.
     fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<Option<u64>, StoreError>;
@@ -185,7 +190,8 @@ pub trait Durability: Send + Sync {
 pub struct Stores {
     pub accounts: Arc<dyn AccountStore>,
     pub rosters: Arc<dyn RosterStore>,
-    pub offline: Arc<dyn OfflineStore>,
+    /// The offline queues, with in-flight copies staged in memory in front of them (`staged`).
+    pub offline: Arc<staged::StagedOffline>,
     pub activity: Arc<dyn ActivityStore>,
     pub values: Arc<dyn KeyValueStore>,
     durability: Arc<dyn Durability>,
@@ -210,7 +216,7 @@ impl Stores {
         Ok(Stores {
             accounts: backend.clone(),
             rosters: backend.clone(),
-            offline: backend.clone(),
+            offline: Arc::new(staged::StagedOffline::new(backend.clone())),
             activity: backend.clone(),
             values: backend.clone(),
             durability: backend,
@@ -230,15 +236,20 @@ impl Stores {
         // Every ticket issued by now was taken after its writes: this flush covers them all.
         let covered = self.commit.issued.load(Ordering::SeqCst);
         let durability = self.durability.clone();
-        tokio::task::spawn_blocking(move || durability.flush())
-            .await
-            .map_err(|e| StoreError::Backend(format!("flush task failed: {e}")))??;
+        let offline = self.offline.clone();
+        tokio::task::spawn_blocking(move || {
+            offline.write_all()?;
+            durability.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("flush task failed: {e}")))??;
         self.commit.done.fetch_max(covered, Ordering::AcqRel);
         Ok(())
     }
 
     /// Blocking flush, for shutdown and command-line paths outside the runtime.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.offline.write_all()?;
         self.durability.flush()
     }
 }

@@ -294,17 +294,26 @@ impl RosterStore for SledBackend {
 }
 
 impl OfflineStore for SledBackend {
-    fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<Option<u64>, StoreError> {
-        if limit != usize::MAX && self.count(user)? >= limit {
-            return Ok(None);
-        }
-        let id = self.db.generate_id().map_err(backend)?;
+    fn new_key(&self) -> Result<u64, StoreError> {
+        self.db.generate_id().map_err(backend)
+    }
+
+    fn put(&self, user: &BareJid, id: u64, stanza: &[u8]) -> Result<(), StoreError> {
         let mut key = user_prefix(user);
         key.extend_from_slice(&id.to_be_bytes());
         let mut value = Vec::with_capacity(stanza.len() + 1);
         value.push(VALUE_VERSION);
         value.extend_from_slice(stanza);
         self.offline.insert(key, value).map_err(backend)?;
+        Ok(())
+    }
+
+    fn push(&self, user: &BareJid, stanza: &[u8], limit: usize) -> Result<Option<u64>, StoreError> {
+        if limit != usize::MAX && self.count(user)? >= limit {
+            return Ok(None);
+        }
+        let id = self.new_key()?;
+        OfflineStore::put(self, user, id, stanza)?;
         Ok(Some(id))
     }
 
@@ -483,11 +492,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.roster(&alice).unwrap(), (0, vec![]));
-        assert_eq!(s.put(&alice, &item, true).unwrap(), 1);
+        assert_eq!(RosterStore::put(&s, &alice, &item, true).unwrap(), 1);
         assert_eq!(RosterStore::remove(&s, &alice, &bob, true).unwrap(), 2);
-        assert_eq!(s.put(&alice, &item, true).unwrap(), 3);
+        assert_eq!(RosterStore::put(&s, &alice, &item, true).unwrap(), 3);
         // Hidden state does not move the version.
-        assert_eq!(s.put(&alice, &item, false).unwrap(), 3);
+        assert_eq!(RosterStore::put(&s, &alice, &item, false).unwrap(), 3);
         assert_eq!(s.roster(&alice).unwrap(), (3, vec![item.clone()]));
         assert_eq!(s.item(&alice, &bob).unwrap(), Some(item));
         // Another user's prefix is not confused with alice's.
