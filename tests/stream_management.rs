@@ -407,6 +407,30 @@ async fn acked_messages_to_an_online_user_survive_sigkill_until_that_user_acks()
     );
 }
 
+/// In-flight copies live in memory until something needs them on disk: a sender without stream
+/// management never asks, so the checkpoint (1 s) writes them; a crash after it loses nothing.
+#[tokio::test]
+async fn unacknowledged_messages_from_a_sender_without_acks_survive_sigkill_after_the_checkpoint() {
+    let mut server = TestServer::start();
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    {
+        let mut bob = online(&server, "bob", "phone").await;
+        enable(&mut bob, true).await;
+        let mut alice = online(&server, "alice", "a").await;
+        for i in 0..5 {
+            message(&mut alice, "bob@localhost", &format!("crash-{i}")).await;
+        }
+        receive_all(&mut bob, 5).await;
+        // Past the checkpoint interval, and the backend's own flush interval after it.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        server.kill9();
+    }
+    let server = TestServer::restart(server);
+    let mut bob = online(&server, "bob", "phone").await;
+    receive_all(&mut bob, 5).await;
+}
+
 #[tokio::test]
 async fn messages_written_to_a_client_without_stream_management_are_not_kept() {
     let server = TestServer::start();
