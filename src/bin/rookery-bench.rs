@@ -669,7 +669,10 @@ async fn chat(
             for seq in 0..total_per_pair {
                 match per_pair_rate {
                     Some(r) => {
-                        let due = started + Duration::from_secs_f64(seq as f64 / r);
+                        // Pairs are staggered so that the total rate is even, not one burst of
+                        // every pair at each tick.
+                        let offset = i as f64 / (pairs as f64 * r);
+                        let due = started + Duration::from_secs_f64(seq as f64 / r + offset);
                         tokio::time::sleep_until(due.into()).await;
                     }
                     None => {
