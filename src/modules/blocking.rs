@@ -38,6 +38,10 @@ impl Blocklist {
         Blocklist(jids)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn load(state: &ServerState, user: &BareJid) -> Result<Blocklist, StoreError> {
         let raw = state
             .stores

@@ -293,7 +293,7 @@ pub async fn deliver_then(
             ctx.state.offline_claims.release(&user, &[key]);
             continue;
         }
-        if blocked_sender(&blocklist, &stanza) {
+        if !blocklist.is_empty() && blocked_sender(&blocklist, &stanza) {
             // Blocked since it was stored (XEP-0191 §3.3): never delivered.
             settle(&ctx.state, &user, &[key]);
             continue;
