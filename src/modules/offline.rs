@@ -170,9 +170,10 @@ pub async fn checkpoint(state: std::sync::Arc<ServerState>) {
             _ = shutdown.changed() => break,
         }
         let offline = state.stores.offline.clone();
-        match tokio::task::spawn_blocking(move || offline.write_older_than(CHECKPOINT)).await {
-            Ok(Err(err)) => tracing::error!(error = %err, "cannot write in-flight copies"),
-            Ok(Ok(_)) | Err(_) => {}
+        if let Ok(Err(err)) =
+            tokio::task::spawn_blocking(move || offline.write_older_than(CHECKPOINT)).await
+        {
+            tracing::error!(error = %err, "cannot write in-flight copies");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! written entries alike, ordered by key (keys come from the backend, so they interleave correctly).
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,7 @@ impl StagedOffline {
     }
 
     fn shard(&self, user: &BareJid) -> MutexGuard<'_, Shard> {
-        let mut hasher = self.hasher.build_hasher();
-        user.hash(&mut hasher);
-        let index = (hasher.finish() as usize) % SHARDS;
+        let index = (self.hasher.hash_one(user) as usize) % SHARDS;
         // Entries are plain data: a panic elsewhere leaves them consistent.
         self.shards[index]
             .lock()
