@@ -49,6 +49,8 @@ wait_port() {
 }
 
 # --- the servers: each sets PORT and SERVER_PID ---------------------------------------------------
+# Ports below the ephemeral range (32768-60999 here): the load generator's thousands of outgoing
+# connections would otherwise sometimes hold a server's port when it restarts.
 
 start_rookery() {
     local dir="$WORK/rookery"
@@ -59,7 +61,7 @@ domain = "localhost"
 data_dir = "$dir/data"
 log_level = "warn"
 [c2s]
-listen = "127.0.0.1:35222"
+listen = "127.0.0.1:15222"
 direct_tls_listen = ""
 require_encryption = false
 [tls]
@@ -75,7 +77,7 @@ EOF
     "$ROOT/target/release/rookery" serve --config "$dir/rookery.toml" >"$dir/log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
-    PORT=35222
+    PORT=15222
     MECH=scram
     wait_port $PORT
 }
@@ -88,7 +90,7 @@ daemonize = false
 pidfile = "$dir/prosody.pid"
 data_path = "$dir/data"
 certificates = "$dir"
-c2s_ports = { 35322 }
+c2s_ports = { 15322 }
 c2s_interfaces = { "127.0.0.1" }
 s2s_ports = {}
 legacy_ssl_ports = {}
@@ -110,9 +112,9 @@ EOF
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
         -keyout "$dir/localhost.key" -out "$dir/localhost.crt" 2>/dev/null
     chown -R prosody:prosody "$dir"
-    su prosody -s /bin/sh -c "ulimit -n 65536; exec prosody --config $dir/prosody.cfg.lua" >"$dir/out" 2>&1 &
+    su prosody -s /bin/sh -c "ulimit -n $(ulimit -Hn); exec prosody --config $dir/prosody.cfg.lua" >"$dir/out" 2>&1 &
     PIDS+=("$!")
-    PORT=35322
+    PORT=15322
     MECH=scram1 # Prosody 0.12 offers SCRAM-SHA-1, not SCRAM-SHA-256
     wait_port $PORT
     SERVER_PID=$(cat "$dir/prosody.pid" 2>/dev/null || pgrep -f "prosody.*$dir" | tail -1)
@@ -132,7 +134,7 @@ auth_method: internal
 auth_password_format: scram
 shaper: {}
 listen:
-  - port: 35422
+  - port: 15422
     ip: "127.0.0.1"
     module: ejabberd_c2s
     starttls: true
@@ -165,9 +167,9 @@ EJABBERD_PID_PATH=$dir/ejabberd.pid
 ERLANG_NODE=bench@localhost
 EOF
     chown -R ejabberd:ejabberd "$dir"
-    su ejabberd -s /bin/sh -c "ulimit -n 65536; HOME=$dir ejabberdctl --ctl-config $dir/ejabberdctl.cfg --config $dir/ejabberd.yml --logs $dir/logs --spool $dir/db foreground" >"$dir/out" 2>&1 &
+    su ejabberd -s /bin/sh -c "ulimit -n $(ulimit -Hn); HOME=$dir ejabberdctl --ctl-config $dir/ejabberdctl.cfg --config $dir/ejabberd.yml --logs $dir/logs --spool $dir/db foreground" >"$dir/out" 2>&1 &
     PIDS+=("$!")
-    PORT=35422
+    PORT=15422
     MECH=scram1 # the Debian build's default SCRAM hash
     wait_port $PORT
     SERVER_PID=$(pgrep -f "beam.*$dir" | head -1)
@@ -211,13 +213,13 @@ for server in $SERVERS; do
     for tls in "" "--tls"; do
         for run in $(seq "$RUNS"); do
             local_prefix="idle$run$RANDOM"
-            "start_$server"
+            if ! "start_$server"; then echo "$server did not start for an idle run" >&2; cleanup; PIDS=(); continue; fi
             "$BENCH" --server "127.0.0.1:$PORT" --register --prefix "$local_prefix" --mech "$MECH" idle $IDLE >/dev/null 2>"$WORK/err" || cat "$WORK/err" >&2
             kill "$SERVER_PID" 2>/dev/null || true
             sleep 2
             cleanup
             PIDS=()
-            "start_$server"
+            if ! "start_$server"; then echo "$server did not restart for an idle run" >&2; cleanup; PIDS=(); continue; fi
             sleep 2
             if out=$("$BENCH" --server "127.0.0.1:$PORT" --prefix "$local_prefix" --mech "$MECH" --pid "$SERVER_PID" $tls idle $IDLE 2>"$WORK/err"); then
                 echo "{\"server\":\"$server\",\"run\":$run,\"args\":\"$tls idle $IDLE\",\"result\":$out}" >>"$RESULTS"
