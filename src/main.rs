@@ -115,7 +115,44 @@ fn serve(config: Config) -> anyhow::Result<()> {
     // One crypto provider in the tree (ring); installing it as the default is cheap insurance.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tune_allocator();
+    raise_fd_limit(config.server.max_connections);
     runtime()?.block_on(rookery::server::run(config))
+}
+
+/// Every connection is a file descriptor, and the usual soft limit (1024) is far below
+/// `[server] max_connections`: raise it to the hard limit, as the operator allows, and say so if
+/// that is still lower than the connections configured.
+fn raise_fd_limit(connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit = raised;
+                }
+            }
+        }
+        // A few dozen descriptors go to the database, listeners and the admin socket.
+        if (limit.rlim_cur as u128) < connections as u128 + 64 {
+            tracing::warn!(
+                open_files = limit.rlim_cur,
+                max_connections = connections,
+                "the file descriptor limit is below [server] max_connections; raise it (ulimit -n, LimitNOFILE=) or expect accept failures"
+            );
+        }
+    }
 }
 
 /// glibc's malloc raises its mmap threshold to the size of the largest block freed, up to 32 MiB.

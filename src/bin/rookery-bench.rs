@@ -692,8 +692,11 @@ async fn chat(
         let to = format!("{}@{}/r", receivers[i], args.domain);
         tasks.push(tokio::spawn(async move {
             let acked = Arc::new(AtomicU64::new(0));
+            // The receiver wakes the sender when the window moves (no polling: the generator must
+            // not be what limits the server).
+            let progress = Arc::new(tokio::sync::Notify::new());
             let receiving = {
-                let acked = acked.clone();
+                let (acked, progress) = (acked.clone(), progress.clone());
                 tokio::spawn(async move {
                     let mut seen = Seen::default();
                     let mut next = 0;
@@ -701,10 +704,11 @@ async fn chat(
                         for (seq, nanos) in take_messages(&mut receiver.buf) {
                             record(&mut seen, &mut next, seq, nanos, epoch);
                         }
+                        acked.store(seen.received, Ordering::Release);
+                        progress.notify_one();
                         if seen.received >= total_per_pair as u64 {
                             break;
                         }
-                        acked.store(seen.received, Ordering::Release);
                         if tokio::time::timeout(Duration::from_secs(10), receiver.fill())
                             .await
                             .is_err()
@@ -713,33 +717,40 @@ async fn chat(
                         }
                     }
                     acked.store(u64::MAX, Ordering::Release);
+                    progress.notify_one();
                     (seen, receiver)
                 })
             };
             let mut out = String::new();
-            for seq in 0..total_per_pair {
-                match per_pair_rate {
+            let mut seq = 0;
+            while seq < total_per_pair {
+                // How many to send now: one at its due time (open loop), or all the window allows
+                // (closed loop), in one write.
+                let batch = match per_pair_rate {
                     Some(r) => {
                         // Pairs are staggered so that the total rate is even, not one burst of
                         // every pair at each tick.
                         let offset = i as f64 / (pairs as f64 * r);
                         let due = started + Duration::from_secs_f64(seq as f64 / r + offset);
                         tokio::time::sleep_until(due.into()).await;
+                        1
                     }
-                    None => {
-                        while (seq as u64).saturating_sub(acked.load(Ordering::Acquire))
-                            >= window as u64
-                        {
-                            tokio::task::yield_now().await;
-                            tokio::time::sleep(Duration::from_micros(200)).await;
+                    None => loop {
+                        let in_flight = (seq as u64).saturating_sub(acked.load(Ordering::Acquire));
+                        if in_flight < window as u64 {
+                            break (window as u64 - in_flight) as usize;
                         }
-                    }
-                }
+                        progress.notified().await;
+                    },
+                };
                 let nanos = epoch.elapsed().as_nanos() as u64;
                 out.clear();
-                out.push_str(&format!(
-                    "<message to='{to}' type='chat'><body>{seq} {nanos}</body></message>"
-                ));
+                for _ in 0..batch.min(total_per_pair - seq) {
+                    out.push_str(&format!(
+                        "<message to='{to}' type='chat'><body>{seq} {nanos}</body></message>"
+                    ));
+                    seq += 1;
+                }
                 if sender.send(&out).await.is_err() {
                     break;
                 }

@@ -16,6 +16,7 @@ use minidom::Element;
 use tokio::sync::Notify;
 
 use crate::error::StreamError;
+use crate::session::sm::ResumeRequest;
 
 /// What a session's writer is told to send.
 #[derive(Debug)]
@@ -51,33 +52,79 @@ pub struct SessionHandle {
     control: Arc<Control>,
 }
 
-/// How a session is told to stop, out of band of its queue.
+/// What reaches a session out of band of its queue: a request to close, a new connection resuming
+/// it (XEP-0198), and its client's state (XEP-0352). One allocation per session for all three.
 #[derive(Default)]
 pub struct Control {
-    closing: Mutex<Option<Closing>>,
+    signals: Mutex<Signals>,
     notify: Notify,
+    /// Set by the session's reader, watched by its writer.
+    pub inactivity: crate::session::csi::Inactivity,
+}
+
+#[derive(Default)]
+struct Signals {
+    closing: Option<Closing>,
+    resume: Option<Box<ResumeRequest>>,
+    /// The session has ended: resumption requests are refused.
+    ended: bool,
+}
+
+/// What `Control::next` reports.
+pub enum Signal {
+    Close(Closing),
+    Resume(Box<ResumeRequest>),
 }
 
 impl Control {
+    fn signals(&self) -> std::sync::MutexGuard<'_, Signals> {
+        // Plain data: a panic elsewhere leaves it consistent.
+        self.signals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Asks the session to close; the first request wins.
     pub fn close(&self, closing: Closing) {
-        let Ok(mut current) = self.closing.lock() else {
-            return;
-        };
-        if current.is_none() {
-            *current = Some(closing);
-            drop(current);
+        let mut signals = self.signals();
+        if signals.closing.is_none() {
+            signals.closing = Some(closing);
+            drop(signals);
             self.notify.notify_one();
         }
     }
 
-    /// Waits until a close is asked for, and says how. Cancel-safe: the request stays until read.
-    pub async fn closed(&self) -> Closing {
+    /// Hands a resuming connection to the session; given back if the session has ended or is
+    /// already being resumed.
+    pub fn offer_resume(&self, request: Box<ResumeRequest>) -> Result<(), Box<ResumeRequest>> {
+        let mut signals = self.signals();
+        if signals.ended || signals.resume.is_some() {
+            return Err(request);
+        }
+        signals.resume = Some(request);
+        drop(signals);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// The session is over: later offers are refused; one that came too late is returned.
+    pub fn end(&self) -> Option<Box<ResumeRequest>> {
+        let mut signals = self.signals();
+        signals.ended = true;
+        signals.resume.take()
+    }
+
+    /// Waits for the next signal (a close first). Cancel-safe: signals stay until taken.
+    pub async fn next(&self) -> Signal {
         loop {
-            if let Some(closing) = self.closing.lock().ok().and_then(|c| c.clone()) {
-                return closing;
+            {
+                let mut signals = self.signals();
+                if let Some(closing) = &signals.closing {
+                    return Signal::Close(closing.clone());
+                }
+                if let Some(request) = signals.resume.take() {
+                    return Signal::Resume(request);
+                }
             }
-            // A request made after the check above leaves a permit: no wake-up is lost.
+            // A signal sent after the check above leaves a permit: no wake-up is lost.
             self.notify.notified().await;
         }
     }
@@ -180,8 +227,8 @@ impl SessionHandle {
         self.control.close(closing);
     }
 
-    /// The session's off switch, for the session itself to watch.
-    pub fn control(&self) -> &Control {
+    /// The session's signals, for the session itself to watch.
+    pub fn control(&self) -> &Arc<Control> {
         &self.control
     }
 

@@ -24,7 +24,7 @@ use crate::error::{
     set_attr, StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition,
 };
 use crate::modules::offline;
-use crate::router::{queue, Closing, Outbound, SessionHandle};
+use crate::router::{queue, Closing, Outbound, SessionHandle, Signal};
 use crate::server::ServerState;
 use crate::stream::Bound;
 use crate::transport::Transport;
@@ -96,7 +96,6 @@ pub fn run(state: Arc<ServerState>, bound: Bound) -> impl std::future::Future<Ou
         unflushed: Default::default(),
     };
     tracing::debug!(%peer, jid = %jid, tls, "session started");
-    let (resume_tx, resume_rx) = queue::bounded(1);
     let session = Session {
         ctx,
         shutdown: state.shutdown.clone(),
@@ -104,10 +103,7 @@ pub fn run(state: Arc<ServerState>, bound: Bound) -> impl std::future::Future<Ou
         sm_enabled: false,
         sm_id: None,
         handled: 0,
-        resume_tx,
-        resume_rx,
         pending: VecDeque::new(),
-        inactive: Arc::default(),
     };
     session.run(Box::new(reader), writer, queue)
 }
@@ -145,12 +141,8 @@ struct Session {
     sm_id: Option<String>,
     /// Stanzas from the client handled so far (XEP-0198 `h`, mod 2^32).
     handled: u32,
-    resume_tx: queue::Sender<Box<ResumeRequest>>,
-    resume_rx: queue::Receiver<Box<ResumeRequest>>,
     /// Stanzas queued while hibernating, sent on resumption.
     pending: VecDeque<sm::Sent>,
-    /// XEP-0352: true while the client says it is inactive; the writer watches it.
-    inactive: Arc<csi::Inactivity>,
 }
 
 impl Session {
@@ -255,7 +247,7 @@ impl Session {
             queue,
             stop_rx,
             self.unacked.clone(),
-            self.inactive.clone(),
+            self.ctx.handle.control().clone(),
             Settle {
                 state: self.ctx.state.clone(),
                 user: self.ctx.jid.to_bare(),
@@ -276,9 +268,11 @@ impl Session {
         loop {
             let event = tokio::select! {
                 event = connection.reader.next() => event,
-                closing = self.ctx.handle.control().closed() => return End::Kicked(closing),
+                signal = self.ctx.handle.control().next() => return match signal {
+                    Signal::Close(closing) => End::Kicked(closing),
+                    Signal::Resume(request) => End::Resume(request),
+                },
                 _ = self.shutdown.changed() => return End::Error(StreamError::new(StreamErrorCondition::SystemShutdown)),
-                Some(request) = self.resume_rx.recv() => return End::Resume(request),
                 ended = &mut connection.writer, if connection.returned.is_none() => {
                     if let Ok(queue) = ended {
                         connection.returned = Some(queue);
@@ -289,10 +283,10 @@ impl Session {
             match event {
                 Ok(XmlEvent::Element(el)) if el.ns() == csi::NS => match el.name() {
                     "active" => {
-                        self.inactive.set(false);
+                        self.ctx.handle.control().inactivity.set(false);
                     }
                     "inactive" => {
-                        self.inactive.set(true);
+                        self.ctx.handle.control().inactivity.set(true);
                     }
                     other => {
                         return End::Error(StreamError::with_text(
@@ -352,7 +346,7 @@ impl Session {
                         id.clone(),
                         ResumeHandle {
                             user: self.ctx.jid.to_bare(),
-                            sender: self.resume_tx.clone(),
+                            control: self.ctx.handle.control().clone(),
                         },
                     );
                     let max = self.ctx.state.config.c2s.resume_timeout;
@@ -437,7 +431,10 @@ impl Session {
         tracing::debug!(jid = %self.ctx.jid, "connection lost; session kept for resumption");
         loop {
             tokio::select! {
-                Some(request) = self.resume_rx.recv() => return (Some(*request), queue),
+                signal = self.ctx.handle.control().next() => return match signal {
+                    Signal::Resume(request) => (Some(*request), queue),
+                    Signal::Close(_) => (None, queue),
+                },
                 item = queue.recv() => match item {
                     Some(Outbound::Stanza(bytes)) => {
                         self.pending.push_back((bytes, None));
@@ -457,7 +454,6 @@ impl Session {
                     None => return (None, queue),
                 },
                 _ = tokio::time::sleep_until(deadline) => return (None, queue),
-                _ = self.ctx.handle.control().closed() => return (None, queue),
                 _ = self.shutdown.changed() => return (None, queue),
             }
         }
@@ -495,7 +491,7 @@ impl Session {
         };
         resend.extend(self.pending.drain(..));
         // XEP-0352: a resumed stream starts active.
-        self.inactive.set(false);
+        self.ctx.handle.control().inactivity.set(false);
         // The h in <resumed/> acknowledges like <a/> does: only what is on disk.
         if self
             .ctx
@@ -525,6 +521,8 @@ impl Session {
         if let Some(id) = self.sm_id.take() {
             state.router.remove_resumable(&id);
         }
+        // A connection that asked to resume just now is closed with the session.
+        drop(self.ctx.handle.control().end());
         let current = state.router.get(&jid).map(|h| h.id) == Some(self.ctx.handle.id);
         // Unregister first so that messages stored below, and any arriving now, go offline rather
         // than to this dead session.
@@ -666,7 +664,7 @@ async fn write_loop(
     mut queue: queue::Receiver<Outbound>,
     mut stop: oneshot::Receiver<Bytes>,
     unacked: Arc<Mutex<Unacked>>,
-    inactive: Arc<csi::Inactivity>,
+    control: Arc<crate::router::Control>,
     settle: Settle,
     first: Option<Bytes>,
     resend: Vec<sm::Sent>,
@@ -721,8 +719,8 @@ async fn write_loop(
                 }
                 return (queue, held.take());
             }
-            _ = inactive.changed() => {
-                if !inactive.get() {
+            _ = control.inactivity.changed() => {
+                if !control.inactivity.get() {
                     for stanza in held.take() {
                         out.record(&unacked, &Outbound::Stanza(stanza));
                     }
@@ -730,7 +728,7 @@ async fn write_loop(
             }
             item = queue.recv() => match item {
                 Some(item) => {
-                    let quiet = inactive.get();
+                    let quiet = control.inactivity.get();
                     out.admit(&unacked, &mut held, quiet, item);
                     // Take whatever else is already queued, so a burst becomes one write.
                     while out.buf.len() < BATCH {

@@ -114,8 +114,7 @@ pub struct ResumeRequest {
 #[derive(Clone)]
 pub struct ResumeHandle {
     pub user: BareJid,
-    /// Boxed: a channel allocates slots for its items, and the request is large.
-    pub sender: crate::router::queue::Sender<Box<ResumeRequest>>,
+    pub control: std::sync::Arc<crate::router::Control>,
 }
 
 /// `<failed/>` with a stanza error condition.

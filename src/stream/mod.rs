@@ -355,7 +355,7 @@ impl Negotiation {
             return Err(Stop::Gone);
         };
         let request = Box::new(crate::session::sm::ResumeRequest { reader, writer, h });
-        match handle.sender.send(request).await {
+        match handle.control.offer_resume(request) {
             Ok(()) => Ok(true),
             Err(refused) => {
                 // The session ended just now: take the connection back and say so.
