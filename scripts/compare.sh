@@ -136,6 +136,8 @@ shaper: {}
 listen:
   - port: 15422
     ip: "127.0.0.1"
+    # The default backlog (5) drops connection attempts under the load generator's bursts.
+    backlog: 1024
     module: ejabberd_c2s
     starttls: true
     max_stanza_size: 262144

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -123,9 +123,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         ),
     ] {
         let Some(addr) = addr else { continue };
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} ({key})"))?;
+        let listener = listen(addr).with_context(|| format!("cannot listen on {addr} ({key})"))?;
         let local = listener.local_addr().unwrap_or(addr);
         if direct_tls {
             tracing::info!("c2s (direct TLS) listening on {local}");
@@ -178,6 +176,22 @@ impl Running {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Connections the kernel queues for `accept` (capped by net.core.somaxconn). The usual 128 drops
+/// connection attempts when a few hundred clients reconnect at once (after a restart or a network
+/// change), and each dropped attempt costs its client a one-second SYN retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(
