@@ -24,11 +24,11 @@ trap cleanup EXIT
 
 if [ -n "${QUICK:-}" ]; then
     LOGIN="--count 50 --concurrency 4"; IDLE="--sessions 200"
-    CHAT="--pairs 20 --messages 100 --window 10"; OPEN="--pairs 20 --rate 500 --duration 3"
+    CHAT="--pairs 20 --messages 100 --window 10"; OPEN="--pairs 20 --rate 500 --duration 3"; OPEN5="--pairs 20 --rate 2000 --duration 3"
     OFFLINE="--pairs 20 --messages 20"
 else
     LOGIN="--count 500 --concurrency 8"; IDLE="--sessions 2000"
-    CHAT="--pairs 500 --messages 200 --window 10"; OPEN="--pairs 100 --rate 1000 --duration 10"
+    CHAT="--pairs 500 --messages 200 --window 10"; OPEN="--pairs 100 --rate 1000 --duration 10"; OPEN5="--pairs 100 --rate 5000 --duration 10"
     OFFLINE="--pairs 200 --messages 50"
 fi
 
@@ -204,6 +204,7 @@ for server in $SERVERS; do
     run "$server" --tls login $LOGIN
     run "$server" chat $CHAT
     run "$server" chat $OPEN
+    run "$server" chat $OPEN5
     run "$server" offline $OFFLINE
     kill "$SERVER_PID" 2>/dev/null || true
     sleep 1

@@ -686,7 +686,12 @@ async fn write_loop(
                 writer.write_all(&out.buf).await?;
                 writer.flush().await
             };
-            if !matches!(tokio::time::timeout(WRITE_WAIT, write).await, Ok(Ok(()))) {
+            // Boxed (one allocation per batch): the timer and the write would otherwise be part
+            // of every idle session's writer.
+            if !matches!(
+                Box::pin(tokio::time::timeout(WRITE_WAIT, write)).await,
+                Ok(Ok(()))
+            ) {
                 out.failed(&settle);
                 return (queue, held.take());
             }
@@ -711,7 +716,7 @@ async fn write_loop(
                         writer.flush().await?;
                         writer.shutdown().await
                     };
-                    if matches!(tokio::time::timeout(Duration::from_secs(2), finish).await, Ok(Ok(()))) {
+                    if matches!(Box::pin(tokio::time::timeout(Duration::from_secs(2), finish)).await, Ok(Ok(()))) {
                         out.written(&settle);
                     } else {
                         out.failed(&settle);

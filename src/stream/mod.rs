@@ -76,10 +76,12 @@ struct Negotiation {
 /// Negotiation and the session are separate boxed futures: a task's memory is its largest state,
 /// and an idle session, held for hours, should not pay for TLS handshakes and SASL.
 pub async fn serve(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
-    let negotiation = Box::pin(negotiate(state.clone(), tcp, peer, direct_tls));
-    if let Some(bound) = negotiation.await {
-        Box::pin(crate::session::run(state, bound)).await;
-    }
+    let session = match Box::pin(negotiate(state.clone(), tcp, peer, direct_tls)).await {
+        // Boxed here, so that this future never holds the (large) `Bound` itself.
+        Some(bound) => Box::pin(crate::session::run(state, bound)),
+        None => return,
+    };
+    session.await;
 }
 
 /// Takes a connection up to a bound resource; `None` when it ended or a resumed session took it.
