@@ -52,6 +52,9 @@ print("Produced by `scripts/compare.sh` (medians of the runs; one machine, one r
 print("another, load generator `rookery-bench` on the same machine). Do not edit by hand.\n")
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2; nproc"], capture_output=True, text=True).stdout.split("\n")
 print(f"- machine: {cpu[0].strip()}, {cpu[1].strip()} cores, {platform.system()} {platform.release()}")
+print("- SASL: Rookery SCRAM-SHA-256, Prosody and ejabberd SCRAM-SHA-1 (what their Debian builds offer);")
+print("  4096 PBKDF2 iterations everywhere; the load generator keeps salted passwords, as clients do")
+print("- server CPU figures come from /proc (user + system time of the server process)")
 print(f"- runs per figure: {max((len(v) for (k, _), v in values.items() if k == 'chat'), default=0)}\n")
 header = "| figure | " + " | ".join(servers) + " | Rookery vs best other |"
 print(header)
