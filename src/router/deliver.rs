@@ -230,12 +230,18 @@ async fn deliver(ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[
     } else {
         None
     };
+    let mut queued = false;
     for session in sessions {
         let item = match key {
             Some(key) => Outbound::Stored(bytes.clone(), key),
             None => Outbound::Stanza(bytes.clone()),
         };
-        session.send(item).await;
+        queued |= session.send(item).await;
+    }
+    if let (Some(key), false) = (key, queued) {
+        // Every recipient session ended meanwhile: the stored copy waits for the next login, which
+        // must be free to deliver it.
+        ctx.state.offline_claims.release(bare, &[key]);
     }
     if message {
         crate::modules::carbons::received(&ctx.state, bare, &el, sessions).await;
