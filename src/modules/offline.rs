@@ -99,46 +99,40 @@ pub fn keep_in_flight(
     message: &Element,
     serialized: &[u8],
 ) -> Result<u64, StoreError> {
-    let ours = message
-        .children()
-        .any(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(state.domain.as_str()));
     const END: &[u8] = b"</message>";
-    let stored = if ours {
+    let stored = if has_our_delay(state, message) {
         serialized.to_vec()
     } else if let Some(body) = serialized.strip_suffix(END) {
-        let stamp = now_stamp();
-        let mut stored = Vec::with_capacity(serialized.len() + 120);
-        stored.extend_from_slice(body);
-        stored.extend_from_slice(
-            format!(
-                "<delay xmlns='{}' from='{}' stamp='{stamp}'>Offline storage</delay>",
-                ns::DELAY,
-                state.domain
-            )
-            .as_bytes(),
-        );
-        stored.extend_from_slice(END);
-        stored
+        let delay = xml::serialize(&delay(state));
+        [body, &delay, END].concat()
     } else {
         xml::serialize(&stamped(state, message))
     };
     state.stores.offline.stage(user, stored)
 }
 
+/// A delay from this server on a message is ours: forged ones are removed where messages enter
+/// (session::handle_element), so one here comes from an earlier storage and keeps its time.
+fn has_our_delay(state: &ServerState, message: &Element) -> bool {
+    message
+        .children()
+        .any(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(state.domain.as_str()))
+}
+
+/// Our XEP-0203 stamp for a stored message: now.
+fn delay(state: &ServerState) -> Element {
+    let mut delay = Element::bare("delay", ns::DELAY);
+    set_attr(&mut delay, "from", &state.domain);
+    set_attr(&mut delay, "stamp", &now_stamp());
+    delay.append_text("Offline storage");
+    delay
+}
+
 /// The message with our delay stamp (unless it has one of ours).
 fn stamped(state: &ServerState, message: &Element) -> Element {
     let mut stamped = message.clone();
-    // A delay from this server on a message is ours: forged ones are removed where messages enter
-    // (session::handle_element), so one here comes from an earlier storage and keeps its time.
-    let ours = stamped
-        .children()
-        .any(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(state.domain.as_str()));
-    if !ours {
-        let mut delay = Element::bare("delay", ns::DELAY);
-        set_attr(&mut delay, "from", &state.domain);
-        set_attr(&mut delay, "stamp", &now_stamp());
-        delay.append_text("Offline storage");
-        stamped.append_child(delay);
+    if !has_our_delay(state, message) {
+        stamped.append_child(delay(state));
     }
     stamped
 }

@@ -57,10 +57,16 @@ impl StagedOffline {
             stanza,
             staged_at: Instant::now(),
         };
-        self.shard(user)
-            .entry(user.clone())
-            .or_default()
-            .insert(key, entry);
+        let mut shard = self.shard(user);
+        // The user's map usually exists (a conversation in progress): no key copy then.
+        match shard.get_mut(user) {
+            Some(entries) => {
+                entries.insert(key, entry);
+            }
+            None => {
+                shard.insert(user.clone(), BTreeMap::from([(key, entry)]));
+            }
+        }
         Ok(key)
     }
 
