@@ -421,18 +421,29 @@ async fn register_all(args: &Args, users: &[String]) -> Result<()> {
     if !args.register {
         return Ok(());
     }
+    for_each_user(args, users, |args, i, user| async move {
+        let (mut conn, _) = Conn::negotiate(&args, i).await?;
+        conn.register(&user, &args.password).await?;
+        conn.close().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `job` once per user, 16 at a time; fails if any run fails.
+async fn for_each_user<F, Fut>(args: &Args, users: &[String], job: F) -> Result<()>
+where
+    F: Fn(Args, usize, String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
     let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        let args = args.clone();
-        let user = user.clone();
         let permit = semaphore.clone().acquire_owned().await?;
+        let run = job(args.clone(), i, user.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let (mut conn, _) = Conn::negotiate(&args, i).await?;
-            conn.register(&user, &args.password).await?;
-            conn.close().await;
-            Ok::<_, Error>(())
+            run.await
         }));
     }
     for task in tasks {
@@ -577,22 +588,12 @@ fn salted_password(
 /// Logs each user in once (bound, no presence) and out, so that timed logins later find their
 /// salted password cached, as a client that logged in before would.
 async fn warm_up(args: &Args, users: &[String]) -> Result<()> {
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
-    let mut tasks = Vec::new();
-    for (i, user) in users.iter().enumerate() {
-        let (args, user) = (args.clone(), user.clone());
-        let permit = semaphore.clone().acquire_owned().await?;
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let conn = Conn::session(&args, i, &user, "warm", false).await?;
-            conn.close_now().await;
-            Ok::<_, Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(())
+    for_each_user(args, users, |args, i, user| async move {
+        let conn = Conn::session(&args, i, &user, "warm", false).await?;
+        conn.close_now().await;
+        Ok(())
+    })
+    .await
 }
 
 /// What a receiver saw of one sender's messages.
