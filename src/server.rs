@@ -140,6 +140,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
     tasks.push(tokio::spawn(crate::admin::serve(state.clone())?));
     tokio::spawn(crate::modules::activity::writer(state.clone()));
     tokio::spawn(crate::modules::offline::checkpoint(state.clone()));
+    tokio::spawn(close_sessions_at_shutdown(state.clone()));
     tracing::info!(domain = %domain, data = %state.config.server.data_dir.display(), "Rookery {} ready", env!("CARGO_PKG_VERSION"));
     Ok(Running {
         state,
@@ -175,6 +176,18 @@ impl Running {
             .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// At shutdown every session gets `<system-shutdown/>` through its control block: one waiter for
+/// the whole server rather than one per session (an idle session's memory is the figure that
+/// counts).
+async fn close_sessions_at_shutdown(state: Arc<ServerState>) {
+    let mut shutdown = state.shutdown.clone();
+    if shutdown.wait_for(|stop| *stop).await.is_ok() {
+        state.router.close_all(crate::router::Closing::Error(
+            crate::error::StreamError::new(crate::error::StreamErrorCondition::SystemShutdown),
+        ));
     }
 }
 

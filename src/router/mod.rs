@@ -341,6 +341,17 @@ impl Router {
         }
     }
 
+    /// Closes every session (server shutdown).
+    pub fn close_all(&self, closing: Closing) {
+        let handles: Vec<SessionHandle> = match self.sessions.read() {
+            Ok(sessions) => sessions.values().flatten().cloned().collect(),
+            Err(_) => return,
+        };
+        for handle in handles {
+            handle.close(closing.clone());
+        }
+    }
+
     pub fn add_resumable(&self, id: String, handle: crate::session::sm::ResumeHandle) {
         if let Ok(mut map) = self.resumable.lock() {
             map.insert(id, handle);

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use jid::FullJid;
 use minidom::Element;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{
@@ -88,6 +88,13 @@ pub fn run(state: Arc<ServerState>, bound: Bound) -> impl std::future::Future<Ou
             "replaced by a new connection",
         )));
     }
+    // Shutdown closes the registered sessions (`server::close_sessions_at_shutdown`); one that
+    // registered after that looks here.
+    if *state.shutdown.borrow() {
+        handle.close(Closing::Error(StreamError::new(
+            StreamErrorCondition::SystemShutdown,
+        )));
+    }
     let ctx = SessionCtx {
         state: state.clone(),
         jid: jid.clone(),
@@ -98,7 +105,6 @@ pub fn run(state: Arc<ServerState>, bound: Bound) -> impl std::future::Future<Ou
     tracing::debug!(%peer, jid = %jid, tls, "session started");
     let session = Session {
         ctx,
-        shutdown: state.shutdown.clone(),
         unacked: Arc::new(Mutex::new(Unacked::default())),
         sm_enabled: false,
         sm_id: None,
@@ -134,7 +140,6 @@ struct Connection {
 
 struct Session {
     ctx: SessionCtx,
-    shutdown: watch::Receiver<bool>,
     unacked: Arc<Mutex<Unacked>>,
     sm_enabled: bool,
     /// The SM-ID when resumption is enabled.
@@ -272,7 +277,6 @@ impl Session {
                     Signal::Close(closing) => End::Kicked(closing),
                     Signal::Resume(request) => End::Resume(request),
                 },
-                _ = self.shutdown.changed() => return End::Error(StreamError::new(StreamErrorCondition::SystemShutdown)),
                 ended = &mut connection.writer, if connection.returned.is_none() => {
                     if let Ok(queue) = ended {
                         connection.returned = Some(queue);
@@ -419,8 +423,8 @@ impl Session {
         Ok(())
     }
 
-    /// Keeps the session while its connection is gone, until a resumption, the timeout, a kick or
-    /// shutdown. Returns the resumption request, if one came, and the queue.
+    /// Keeps the session while its connection is gone, until a resumption, the timeout, or a close
+    /// (a kick or shutdown). Returns the resumption request, if one came, and the queue.
     async fn hibernate(
         &mut self,
         mut queue: queue::Receiver<Outbound>,
@@ -454,7 +458,6 @@ impl Session {
                     None => return (None, queue),
                 },
                 _ = tokio::time::sleep_until(deadline) => return (None, queue),
-                _ = self.shutdown.changed() => return (None, queue),
             }
         }
     }

@@ -14,7 +14,7 @@ use minidom::Element;
 use quick_xml::events::Event;
 use quick_xml::name::{QName, ResolveResult};
 use quick_xml::NsReader;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 
 use super::lean::LeanBufReader as BufReader;
 
@@ -144,6 +144,8 @@ pub struct XmlReader<R> {
     stack: Vec<Element>,
     limits: XmlLimits,
     header_seen: bool,
+    /// Parsed something since the last `shed`.
+    grown: bool,
 }
 
 impl<R: AsyncRead + Unpin> XmlReader<R> {
@@ -164,6 +166,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
             stack: Vec::new(),
             limits,
             header_seen: false,
+            grown: false,
         }
     }
 
@@ -210,9 +213,50 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         self.reader.get_ref().get_ref().exceeded
     }
 
-    /// Reads until the next complete event. Not cancel-safe: do not race it against other futures
-    /// unless the stream is abandoned when the other future wins.
+    /// Reads until the next complete event. Not cancel-safe once input has arrived: do not race it
+    /// against other futures unless the stream is abandoned when the other future wins.
+    ///
+    /// Waiting for input takes a few bytes of the caller's future; the parsing state (several
+    /// hundred bytes) is boxed while there is something to parse. An idle connection, which spends
+    /// its life waiting here, then holds only the former.
     pub async fn next(&mut self) -> Result<XmlEvent, XmlError> {
+        self.ready().await;
+        Box::pin(self.parse_next()).await
+    }
+
+    /// Waits until there is input, buffered or on the socket, without consuming any (cancel-safe).
+    /// Whenever the socket has nothing to read between elements, the reader gives back what it
+    /// grew while parsing: an idle connection keeps no per-element memory.
+    pub async fn ready(&mut self) {
+        std::future::poll_fn(|cx| {
+            let buffered = Pin::new(self.reader.get_mut()).poll_fill_buf(cx);
+            match buffered {
+                // An error is left for `next` to read and report.
+                Poll::Ready(_) => Poll::Ready(()),
+                Poll::Pending => {
+                    self.shed();
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// Frees the memory parsing grew: the event buffer, the open-element stack's capacity and the
+    /// namespace resolver's spare capacity (a clone keeps only the bindings in scope).
+    fn shed(&mut self) {
+        if !self.grown || !self.stack.is_empty() {
+            return;
+        }
+        self.grown = false;
+        self.buf = Vec::new();
+        self.stack = Vec::new();
+        let compact = self.reader.resolver().clone();
+        *self.reader.resolver_mut() = compact;
+    }
+
+    async fn parse_next(&mut self) -> Result<XmlEvent, XmlError> {
+        self.grown = true;
         loop {
             if self.buf.capacity() > 512 {
                 // One large event does not make the connection keep a large buffer.
@@ -465,4 +509,66 @@ fn parse_header<B>(
         }
     }
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use tokio::io::AsyncWriteExt;
+
+    fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        future.poll(&mut cx)
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_gives_back_what_parsing_grew_and_keeps_its_namespaces() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut reader = XmlReader::new(server, XmlLimits::default());
+        client
+            .write_all(
+                b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>\
+                  <message to='a@b'><body>hi</body><x xmlns='urn:x'><y><z/></y></x></message>",
+            )
+            .await
+            .unwrap();
+        assert!(matches!(reader.next().await, Ok(XmlEvent::StreamOpen(_))));
+        let Ok(XmlEvent::Element(first)) = reader.next().await else {
+            panic!("no element");
+        };
+        assert_eq!(first.ns(), "jabber:client");
+        // Nothing more to read: waiting leaves no parsing memory behind.
+        {
+            let ready = std::pin::pin!(reader.ready());
+            assert!(poll_once(ready).is_pending());
+        }
+        assert_eq!(reader.stack.capacity(), 0);
+        assert_eq!(reader.buf.capacity(), 0);
+        // The stream header's bindings survive the compaction.
+        client.write_all(b"<presence/>").await.unwrap();
+        let Ok(XmlEvent::Element(second)) = reader.next().await else {
+            panic!("no element");
+        };
+        assert!(second.is("presence", "jabber:client"));
+    }
+
+    #[tokio::test]
+    async fn ready_does_not_consume_input() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let mut reader = XmlReader::new(server, XmlLimits::default());
+        client
+            .write_all(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'><iq")
+            .await
+            .unwrap();
+        reader.ready().await;
+        reader.ready().await;
+        assert!(matches!(reader.next().await, Ok(XmlEvent::StreamOpen(_))));
+        // Half an element: next waits for the rest, and nothing was lost in between.
+        client.write_all(b" type='get' id='1'/>").await.unwrap();
+        let Ok(XmlEvent::Element(iq)) = reader.next().await else {
+            panic!("no element");
+        };
+        assert_eq!(iq.attr("id"), Some("1"));
+    }
 }
