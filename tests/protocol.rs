@@ -1247,3 +1247,58 @@ async fn spoofed_from_ends_the_stream_with_invalid_from() {
         "the forged message was delivered: {nothing}"
     );
 }
+
+/// A client that sends far more requests than its session's queue holds, and starts reading only
+/// later, gets every answer once, in order: while a handler waits for room in the client's own
+/// queue the session keeps writing (reading, handling and writing share one task), and
+/// back-pressure reaches the client's socket instead of losing or reordering anything.
+#[tokio::test]
+async fn pipelined_requests_beyond_the_session_queue_are_all_answered_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Disco answers are over a kilobyte: a few thousand fill the socket buffers, then the queue.
+    const REQUESTS: usize = 12_000;
+    const DISCO: &str = "<query xmlns='http://jabber.org/protocol/disco#info'/>";
+    let server = TestServer::start();
+    server.add_user("piper", "pipes!");
+    let (c, _) = online(&server, "piper", "pipes!", "pipe").await;
+    let (io, mut received) = c.into_io();
+    let (mut read, mut write) = tokio::io::split(io);
+    let writer = tokio::spawn(async move {
+        let mut requests = String::new();
+        for i in 0..REQUESTS {
+            requests.push_str(&format!(
+                "<iq type='get' id='p{i}' to='localhost'>{DISCO}</iq>"
+            ));
+        }
+        write.write_all(requests.as_bytes()).await.expect("send");
+        write.flush().await.expect("flush");
+        write
+    });
+    // Not reading for a while: the answers fill the socket, the writer stalls, the queue fills.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut next = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while next < REQUESTS {
+        assert!(
+            Instant::now() < deadline,
+            "only {next} of {REQUESTS} answers"
+        );
+        let n = tokio::time::timeout(Duration::from_secs(30), read.read(&mut buf))
+            .await
+            .expect("answers keep coming")
+            .expect("read");
+        assert!(n > 0, "connection closed after {next} answers: {received}");
+        received.push_str(std::str::from_utf8(&buf[..n]).expect("utf-8"));
+        // Consume every complete answer at the front, checking its id.
+        while let Some(end) = received.find("</iq>") {
+            let answer: String = received.drain(..end + 5).collect();
+            assert!(
+                answer.contains(&format!("id='p{next}'")) && answer.contains("type='result'"),
+                "answer {next} out of order or not a result: {answer}"
+            );
+            next += 1;
+        }
+    }
+    let _write = writer.await.expect("writer");
+}

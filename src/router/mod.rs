@@ -52,14 +52,12 @@ pub struct SessionHandle {
     control: Arc<Control>,
 }
 
-/// What reaches a session out of band of its queue: a request to close, a new connection resuming
-/// it (XEP-0198), and its client's state (XEP-0352). One allocation per session for all three.
+/// What reaches a session out of band of its queue: a request to close (a kick, shutdown) and a
+/// new connection resuming it (XEP-0198). One allocation per session for both.
 #[derive(Default)]
 pub struct Control {
     signals: Mutex<Signals>,
     notify: Notify,
-    /// Set by the session's reader, watched by its writer.
-    pub inactivity: crate::session::csi::Inactivity,
 }
 
 #[derive(Default)]

@@ -114,13 +114,6 @@ impl<T> Drop for Sender<T> {
 pub struct Receiver<T>(Arc<Shared<T>>);
 
 impl<T> Receiver<T> {
-    /// A receiver whose queue is closed and empty.
-    pub fn closed() -> Self {
-        let (_, receiver) = bounded(1);
-        receiver.close();
-        receiver
-    }
-
     /// The next item; `None` once the queue is empty and closed or without senders. Cancel-safe.
     pub async fn recv(&mut self) -> Option<T> {
         loop {

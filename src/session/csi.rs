@@ -2,10 +2,7 @@
 //! server holds back what is only noise — presence updates and chat states — and sends it all when
 //! something important arrives or the client is active again. Messages go out at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use crate::modules::{Module, Spec, Support};
 
@@ -22,30 +19,6 @@ pub const MODULE: Module = Module {
         "presence and chat-state-only messages held while inactive; one presence kept per sender",
     )],
 };
-
-/// The client's state, set by the session's reader and watched by its writer.
-#[derive(Default)]
-pub struct Inactivity {
-    inactive: AtomicBool,
-    changed: Notify,
-}
-
-impl Inactivity {
-    pub fn get(&self) -> bool {
-        self.inactive.load(Ordering::Acquire)
-    }
-
-    pub fn set(&self, inactive: bool) {
-        if self.inactive.swap(inactive, Ordering::AcqRel) != inactive {
-            self.changed.notify_one();
-        }
-    }
-
-    /// Completes after a change (or a stale one: callers read the state again).
-    pub async fn changed(&self) {
-        self.changed.notified().await
-    }
-}
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)

@@ -1,6 +1,6 @@
 //! A bound client session: reads stanzas and hands them to the router and the server's handlers,
-//! and writes what is queued for it. Two tasks per connection: this reader loop, and a writer that
-//! owns the socket's write half and batches queued stanzas into few writes.
+//! and writes what is queued for it. One task per session: reading, handling and writing are
+//! futures of that task (see `Writer`), so an idle session costs one small task.
 //!
 //! With XEP-0198 resumption a session outlives its connection: when the connection is lost the
 //! session hibernates (queueing what arrives) until the client resumes on a new connection or
@@ -17,8 +17,6 @@ use bytes::Bytes;
 use jid::FullJid;
 use minidom::Element;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::error::{
     set_attr, StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition,
@@ -105,13 +103,12 @@ pub fn run(state: Arc<ServerState>, bound: Bound) -> impl std::future::Future<Ou
     tracing::debug!(%peer, jid = %jid, tls, "session started");
     let session = Session {
         ctx,
-        unacked: Arc::new(Mutex::new(Unacked::default())),
-        sm_enabled: false,
-        sm_id: None,
-        handled: 0,
+        queue,
+        unacked: Mutex::new(Unacked::default()),
+        sm: StreamManagement::default(),
         pending: VecDeque::new(),
     };
-    session.run(Box::new(reader), writer, queue)
+    session.run(Box::new(reader), writer)
 }
 
 /// Why a connection of a session ended.
@@ -120,7 +117,7 @@ enum End {
     Closed,
     /// Close with these bytes (a stream error).
     Error(StreamError),
-    /// Asked to close from outside (conflict, account removed).
+    /// Asked to close from outside (conflict, account removed, shutdown).
     Kicked(Closing),
     /// The connection is gone without a goodbye: resumable, if enabled.
     Lost,
@@ -128,24 +125,32 @@ enum End {
     Resume(Box<ResumeRequest>),
 }
 
-/// One connection of a session: its reader here, its writer in a task.
+/// One connection of a session: the stream it reads and the socket half it writes.
 struct Connection {
     /// Boxed: moved around between connections, and large.
     reader: Box<XmlReader<ReadHalf<Transport>>>,
-    writer: JoinHandle<Stopped>,
-    /// The queue, once the writer has ended by itself (the socket failed).
-    returned: Option<Stopped>,
-    stop: oneshot::Sender<Bytes>,
+    writer: Writer,
+}
+
+/// XEP-0198 state that only the reading side touches.
+#[derive(Default)]
+struct StreamManagement {
+    enabled: bool,
+    /// The SM-ID when resumption is enabled.
+    id: Option<String>,
+    /// Stanzas from the client handled so far (XEP-0198 `h`, mod 2^32).
+    handled: u32,
 }
 
 struct Session {
     ctx: SessionCtx,
-    unacked: Arc<Mutex<Unacked>>,
-    sm_enabled: bool,
-    /// The SM-ID when resumption is enabled.
-    sm_id: Option<String>,
-    /// Stanzas from the client handled so far (XEP-0198 `h`, mod 2^32).
-    handled: u32,
+    /// What other sessions and the server queued for this client. It outlives connections: a
+    /// hibernating session keeps filling it, a resumed one goes on with it.
+    queue: queue::Receiver<Outbound>,
+    /// Stanzas written and not yet acknowledged (XEP-0198), shared by the writer (which records)
+    /// and the reader (which applies acks).
+    unacked: Mutex<Unacked>,
+    sm: StreamManagement,
     /// Stanzas queued while hibernating, sent on resumption.
     pending: VecDeque<sm::Sent>,
 }
@@ -155,27 +160,30 @@ impl Session {
         mut self,
         reader: Box<XmlReader<ReadHalf<Transport>>>,
         writer: WriteHalf<Transport>,
-        queue: queue::Receiver<Outbound>,
     ) {
-        let mut connection = self.connect(reader, writer, queue, None, Vec::new());
-        let mut queue = loop {
+        let mut connection = Connection {
+            reader,
+            writer: Writer::new(writer, None, Vec::new(), &self.unacked),
+        };
+        loop {
             let end = self.serve(&mut connection).await;
-            let resume = match end {
+            let request = match end {
                 End::Closed => {
-                    break Box::pin(
-                        self.stop(connection, Some(Bytes::from_static(xml::STREAM_CLOSE))),
-                    )
-                    .await;
+                    let close = Bytes::from_static(xml::STREAM_CLOSE);
+                    Box::pin(self.stop(connection, Some(close))).await;
+                    break;
                 }
                 End::Error(err) => {
-                    break Box::pin(self.stop(connection, Some(Bytes::from(err.to_bytes())))).await;
+                    Box::pin(self.stop(connection, Some(Bytes::from(err.to_bytes())))).await;
+                    break;
                 }
                 End::Kicked(closing) => {
                     let bytes = match closing {
                         Closing::Error(err) => Bytes::from(err.to_bytes()),
                         Closing::Quietly => Bytes::from_static(xml::STREAM_CLOSE),
                     };
-                    break Box::pin(self.stop(connection, Some(bytes))).await;
+                    Box::pin(self.stop(connection, Some(bytes))).await;
+                    break;
                 }
                 End::Resume(request) => {
                     // XEP-0198 §5: the old connection of a resumed session gets <conflict/>.
@@ -183,115 +191,60 @@ impl Session {
                         StreamErrorCondition::Conflict,
                         "the session was resumed elsewhere",
                     );
-                    let queue =
-                        Box::pin(self.stop(connection, Some(Bytes::from(conflict.to_bytes()))))
-                            .await;
-                    (*request, queue)
+                    Box::pin(self.stop(connection, Some(Bytes::from(conflict.to_bytes())))).await;
+                    *request
                 }
                 End::Lost => {
-                    let queue = Box::pin(self.stop(connection, None)).await;
-                    if self.sm_id.is_none() {
-                        break queue;
+                    Box::pin(self.stop(connection, None)).await;
+                    if self.sm.id.is_none() {
+                        break;
                     }
-                    match Box::pin(self.hibernate(queue)).await {
-                        (Some(request), queue) => (request, queue),
-                        (None, queue) => break queue,
+                    match Box::pin(self.hibernate()).await {
+                        Some(request) => request,
+                        None => break,
                     }
                 }
             };
-            match Box::pin(self.resume(resume.0, resume.1)).await {
-                Ok(next) => connection = next,
-                Err(queue) => break queue,
+            match Box::pin(self.resume(request)).await {
+                Some(next) => connection = next,
+                None => break,
             }
-        };
-        Box::pin(self.finish(&mut queue)).await;
+        }
+        Box::pin(self.finish()).await;
     }
 
-    /// Stops a connection's writer (after it writes `closing`, if any) and takes back the queue.
-    /// What CSI was still holding goes first into `pending`, for a resumed stream to send.
-    async fn stop(
-        &mut self,
-        connection: Connection,
-        closing: Option<Bytes>,
-    ) -> queue::Receiver<Outbound> {
-        let Connection {
-            writer,
-            stop,
-            returned,
-            ..
-        } = connection;
-        let (queue, held) = match returned {
-            Some(stopped) => stopped,
-            None => {
-                let _ = stop.send(closing.unwrap_or_default());
-                match writer.await {
-                    Ok(stopped) => stopped,
-                    // The writer panicked: nothing can be recovered from its queue.
-                    Err(_) => (queue::Receiver::closed(), Vec::new()),
-                }
-            }
-        };
+    /// Ends a connection: the write in flight finishes, then what is queued and `closing` (if
+    /// any) are written. What CSI was still holding goes first into `pending`, for a resumed
+    /// stream to send.
+    async fn stop(&mut self, connection: Connection, closing: Option<Bytes>) {
+        let held = connection
+            .writer
+            .close(&mut self.queue, &self.unacked, &self.ctx, closing)
+            .await;
         for stanza in held.into_iter().rev() {
             self.pending.push_front((stanza, None));
         }
-        queue
     }
 
-    /// Starts the writer for a connection; `first` is written before anything else, then `resend`.
-    fn connect(
-        &self,
-        reader: Box<XmlReader<ReadHalf<Transport>>>,
-        writer: WriteHalf<Transport>,
-        queue: queue::Receiver<Outbound>,
-        first: Option<Bytes>,
-        resend: Vec<sm::Sent>,
-    ) -> Connection {
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let writer = tokio::spawn(write_loop(
-            writer,
-            queue,
-            stop_rx,
-            self.unacked.clone(),
-            self.ctx.handle.control().clone(),
-            Settle {
-                state: self.ctx.state.clone(),
-                user: self.ctx.jid.to_bare(),
-            },
-            first,
-            resend,
-        ));
-        Connection {
-            reader,
-            writer,
-            returned: None,
-            stop: stop_tx,
-        }
-    }
-
-    /// Reads and handles the client's stream until the connection ends.
+    /// Reads and handles the client's stream, and writes what is queued for it, until the
+    /// connection ends.
     async fn serve(&mut self, connection: &mut Connection) -> End {
         loop {
+            if connection.writer.lost {
+                return End::Lost;
+            }
             let event = tokio::select! {
-                event = connection.reader.next() => event,
                 signal = self.ctx.handle.control().next() => return match signal {
                     Signal::Close(closing) => End::Kicked(closing),
                     Signal::Resume(request) => End::Resume(request),
                 },
-                ended = &mut connection.writer, if connection.returned.is_none() => {
-                    if let Ok(queue) = ended {
-                        connection.returned = Some(queue);
-                    }
-                    return End::Lost;
-                }
+                () = connection.writer.run(&mut self.queue, &self.unacked, &self.ctx) => return End::Lost,
+                event = connection.reader.next() => event,
             };
             match event {
                 Ok(XmlEvent::Element(el)) if el.ns() == csi::NS => match el.name() {
-                    "active" => {
-                        self.ctx.handle.control().inactivity.set(false);
-                    }
-                    "inactive" => {
-                        self.ctx.handle.control().inactivity.set(true);
-                    }
+                    "active" => connection.writer.set_inactive(false, &self.unacked),
+                    "inactive" => connection.writer.set_inactive(true, &self.unacked),
                     other => {
                         return End::Error(StreamError::with_text(
                             StreamErrorCondition::UnsupportedStanzaType,
@@ -300,20 +253,43 @@ impl Session {
                     }
                 },
                 Ok(XmlEvent::Element(el)) if el.ns() == sm::NS => {
-                    if let Err(err) = Box::pin(self.stream_management(&el)).await {
+                    let handled = connection
+                        .writer
+                        .alongside(
+                            &mut self.queue,
+                            &self.unacked,
+                            &self.ctx,
+                            Box::pin(stream_management(
+                                &self.ctx,
+                                &mut self.sm,
+                                &self.unacked,
+                                &el,
+                            )),
+                        )
+                        .await;
+                    if let Err(err) = handled {
                         return End::Error(err);
                     }
                 }
                 Ok(XmlEvent::Element(el)) => {
                     // Boxed, like the other branches that are large and rare per connection: the
                     // task of an idle session is then a few hundred bytes.
-                    if let Err(err) = Box::pin(handle_element(&self.ctx, el)).await {
+                    let handled = connection
+                        .writer
+                        .alongside(
+                            &mut self.queue,
+                            &self.unacked,
+                            &self.ctx,
+                            Box::pin(handle_element(&self.ctx, el)),
+                        )
+                        .await;
+                    if let Err(err) = handled {
                         return End::Error(err);
                     }
                     // Counted once handled, from <enable/> on: an ack covers only what was processed
                     // (and stored).
-                    if self.sm_enabled {
-                        self.handled = self.handled.wrapping_add(1);
+                    if self.sm.enabled {
+                        self.sm.handled = self.sm.handled.wrapping_add(1);
                     }
                 }
                 Ok(XmlEvent::StreamClose) => return End::Closed,
@@ -329,106 +305,9 @@ impl Session {
         }
     }
 
-    /// XEP-0198 nonzas from the client: enable, request, answer.
-    async fn stream_management(&mut self, el: &Element) -> Result<(), StreamError> {
-        let out = |bytes: Bytes| self.ctx.handle.send(Outbound::Nonza(bytes));
-        match el.name() {
-            "enable" if self.sm_enabled => {
-                // §4: a second <enable/> is answered with failed and ends the stream.
-                out(sm::failed("unexpected-request", None)).await;
-                return Err(StreamError::with_text(
-                    StreamErrorCondition::PolicyViolation,
-                    "stream management is already enabled",
-                ));
-            }
-            "enable" => {
-                self.sm_enabled = true;
-                let resume = matches!(el.attr("resume"), Some("true" | "1"));
-                let enabled = if resume {
-                    let id = crate::modules::stanza_id::new_id();
-                    self.ctx.state.router.add_resumable(
-                        id.clone(),
-                        ResumeHandle {
-                            user: self.ctx.jid.to_bare(),
-                            control: self.ctx.handle.control().clone(),
-                        },
-                    );
-                    let max = self.ctx.state.config.c2s.resume_timeout;
-                    let text = format!(
-                        "<enabled xmlns='{}' id='{id}' resume='true' max='{max}'/>",
-                        sm::NS
-                    );
-                    self.sm_id = Some(id);
-                    text
-                } else {
-                    format!("<enabled xmlns='{}'/>", sm::NS)
-                };
-                // The writer starts counting when it writes <enabled/>, in order with the stanzas.
-                self.ctx
-                    .handle
-                    .send(Outbound::EnableSm(Bytes::from(enabled)))
-                    .await;
-            }
-            "r" if self.sm_enabled => {
-                // Acknowledged means durable: what the handled stanzas stored is flushed first
-                // (shared with every other session asking now: group commit).
-                if self
-                    .ctx
-                    .unflushed
-                    .swap(false, std::sync::atomic::Ordering::AcqRel)
-                {
-                    if let Err(err) = self.ctx.state.stores.flush().await {
-                        tracing::error!(error = %err, "flush before an ack failed");
-                        return Err(StreamError::new(StreamErrorCondition::InternalServerError));
-                    }
-                }
-                out(Bytes::from(format!(
-                    "<a xmlns='{}' h='{}'/>",
-                    sm::NS,
-                    self.handled
-                )))
-                .await;
-            }
-            "a" if self.sm_enabled => {
-                let h = el
-                    .attr("h")
-                    .and_then(|h| h.parse::<u32>().ok())
-                    .ok_or_else(|| {
-                        StreamError::with_text(
-                            StreamErrorCondition::BadFormat,
-                            "<a/> needs a numeric h",
-                        )
-                    })?;
-                let result = match self.unacked.lock() {
-                    Ok(mut unacked) => unacked.ack(h),
-                    Err(_) => Ok(Vec::new()),
-                };
-                match result {
-                    // The client has these: their stored copies can go.
-                    Ok(keys) => offline::settle(&self.ctx.state, &self.ctx.jid.to_bare(), &keys),
-                    Err(too_high) => return Err(handled_count_too_high(too_high)),
-                }
-            }
-            "r" | "a" => {}
-            "resume" => {
-                out(sm::failed("unexpected-request", None)).await;
-            }
-            other => {
-                return Err(StreamError::with_text(
-                    StreamErrorCondition::UnsupportedStanzaType,
-                    format!("<{other}/> is not a stream management element"),
-                ))
-            }
-        };
-        Ok(())
-    }
-
     /// Keeps the session while its connection is gone, until a resumption, the timeout, or a close
-    /// (a kick or shutdown). Returns the resumption request, if one came, and the queue.
-    async fn hibernate(
-        &mut self,
-        mut queue: queue::Receiver<Outbound>,
-    ) -> (Option<ResumeRequest>, queue::Receiver<Outbound>) {
+    /// (a kick or shutdown). Returns the resumption request, if one came.
+    async fn hibernate(&mut self) -> Option<ResumeRequest> {
         let limit = self.ctx.state.config.c2s.session_queue.max(1) * 4;
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(self.ctx.state.config.c2s.resume_timeout);
@@ -436,39 +315,29 @@ impl Session {
         loop {
             tokio::select! {
                 signal = self.ctx.handle.control().next() => return match signal {
-                    Signal::Resume(request) => (Some(*request), queue),
-                    Signal::Close(_) => (None, queue),
+                    Signal::Resume(request) => Some(*request),
+                    Signal::Close(_) => None,
                 },
-                item = queue.recv() => match item {
-                    Some(Outbound::Stanza(bytes)) => {
-                        self.pending.push_back((bytes, None));
-                        if self.pending.len() > limit {
-                            tracing::info!(jid = %self.ctx.jid, "too much waiting for a hibernating session; ending it");
-                            return (None, queue);
-                        }
+                item = self.queue.recv() => {
+                    match item {
+                        Some(Outbound::Stanza(bytes)) => self.pending.push_back((bytes, None)),
+                        Some(Outbound::Stored(bytes, key)) => self.pending.push_back((bytes, Some(key))),
+                        Some(_) => {}
+                        None => return None,
                     }
-                    Some(Outbound::Stored(bytes, key)) => {
-                        self.pending.push_back((bytes, Some(key)));
-                        if self.pending.len() > limit {
-                            tracing::info!(jid = %self.ctx.jid, "too much waiting for a hibernating session; ending it");
-                            return (None, queue);
-                        }
+                    if self.pending.len() > limit {
+                        tracing::info!(jid = %self.ctx.jid, "too much waiting for a hibernating session; ending it");
+                        return None;
                     }
-                    Some(_) => {}
-                    None => return (None, queue),
                 },
-                _ = tokio::time::sleep_until(deadline) => return (None, queue),
+                _ = tokio::time::sleep_until(deadline) => return None,
             }
         }
     }
 
     /// Takes over a new connection (XEP-0198 §5): applies the client's h, answers <resumed/> and sends
-    /// again what the client did not handle. Err when the resumption cannot proceed.
-    async fn resume(
-        &mut self,
-        request: ResumeRequest,
-        queue: queue::Receiver<Outbound>,
-    ) -> Result<Connection, queue::Receiver<Outbound>> {
+    /// again what the client did not handle. `None` when the resumption cannot proceed.
+    async fn resume(&mut self, request: ResumeRequest) -> Option<Connection> {
         let ResumeRequest {
             reader,
             mut writer,
@@ -484,17 +353,15 @@ impl Session {
                 resend
             }
             Err(too_high) => {
-                let mut bytes = sm::failed("unexpected-request", Some(self.handled)).to_vec();
+                let mut bytes = sm::failed("unexpected-request", Some(self.sm.handled)).to_vec();
                 bytes.extend(handled_count_too_high(too_high).to_bytes());
                 let _ =
                     tokio::time::timeout(Duration::from_secs(2), writer.write_all(&bytes)).await;
                 let _ = writer.shutdown().await;
-                return Err(queue);
+                return None;
             }
         };
         resend.extend(self.pending.drain(..));
-        // XEP-0352: a resumed stream starts active.
-        self.ctx.handle.control().inactivity.set(false);
         // The h in <resumed/> acknowledges like <a/> does: only what is on disk.
         if self
             .ctx
@@ -503,25 +370,29 @@ impl Session {
         {
             if let Err(err) = self.ctx.state.stores.flush().await {
                 tracing::error!(error = %err, "flush before resuming failed");
-                return Err(queue);
+                return None;
             }
         }
-        let previd = self.sm_id.clone().unwrap_or_default();
+        let previd = self.sm.id.clone().unwrap_or_default();
         let resumed = Bytes::from(format!(
             "<resumed xmlns='{}' h='{}' previd='{previd}'/>",
             sm::NS,
-            self.handled
+            self.sm.handled
         ));
         tracing::info!(jid = %self.ctx.jid, resent = resend.len(), "session resumed");
-        Ok(self.connect(Box::new(reader), writer, queue, Some(resumed), resend))
+        // A new Writer: XEP-0352 says a resumed stream starts active.
+        Some(Connection {
+            reader: Box::new(reader),
+            writer: Writer::new(writer, Some(resumed), resend, &self.unacked),
+        })
     }
 
     /// The session is over: unacknowledged and undelivered messages go to offline storage, contacts
     /// hear the resource went away, and the session leaves the registry.
-    async fn finish(&mut self, queue: &mut queue::Receiver<Outbound>) {
+    async fn finish(&mut self) {
         let state = self.ctx.state.clone();
         let jid = self.ctx.jid.clone();
-        if let Some(id) = self.sm_id.take() {
+        if let Some(id) = self.sm.id.take() {
             state.router.remove_resumable(&id);
         }
         // A connection that asked to resume just now is closed with the session.
@@ -536,8 +407,8 @@ impl Session {
             .map(|mut u| u.take_all())
             .unwrap_or_default();
         left.extend(self.pending.drain(..));
-        queue.close();
-        while let Some(item) = queue.try_recv() {
+        self.queue.close();
+        while let Some(item) = self.queue.try_recv() {
             match item {
                 Outbound::Stanza(bytes) => left.push((bytes, None)),
                 Outbound::Stored(bytes, key) => left.push((bytes, Some(key))),
@@ -564,6 +435,103 @@ impl Session {
         }
         tracing::debug!(jid = %jid, "session ended");
     }
+}
+
+/// XEP-0198 nonzas from the client: enable, request, answer.
+async fn stream_management(
+    ctx: &SessionCtx,
+    sm: &mut StreamManagement,
+    unacked: &Mutex<Unacked>,
+    el: &Element,
+) -> Result<(), StreamError> {
+    let out = |bytes: Bytes| ctx.handle.send(Outbound::Nonza(bytes));
+    match el.name() {
+        "enable" if sm.enabled => {
+            // §4: a second <enable/> is answered with failed and ends the stream.
+            out(sm::failed("unexpected-request", None)).await;
+            return Err(StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                "stream management is already enabled",
+            ));
+        }
+        "enable" => {
+            sm.enabled = true;
+            let resume = matches!(el.attr("resume"), Some("true" | "1"));
+            let enabled = if resume {
+                let id = crate::modules::stanza_id::new_id();
+                ctx.state.router.add_resumable(
+                    id.clone(),
+                    ResumeHandle {
+                        user: ctx.jid.to_bare(),
+                        control: ctx.handle.control().clone(),
+                    },
+                );
+                let max = ctx.state.config.c2s.resume_timeout;
+                let text = format!(
+                    "<enabled xmlns='{}' id='{id}' resume='true' max='{max}'/>",
+                    sm::NS
+                );
+                sm.id = Some(id);
+                text
+            } else {
+                format!("<enabled xmlns='{}'/>", sm::NS)
+            };
+            // The writer starts counting when it writes <enabled/>, in order with the stanzas.
+            ctx.handle
+                .send(Outbound::EnableSm(Bytes::from(enabled)))
+                .await;
+        }
+        "r" if sm.enabled => {
+            // Acknowledged means durable: what the handled stanzas stored is flushed first
+            // (shared with every other session asking now: group commit).
+            if ctx
+                .unflushed
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                if let Err(err) = ctx.state.stores.flush().await {
+                    tracing::error!(error = %err, "flush before an ack failed");
+                    return Err(StreamError::new(StreamErrorCondition::InternalServerError));
+                }
+            }
+            out(Bytes::from(format!(
+                "<a xmlns='{}' h='{}'/>",
+                sm::NS,
+                sm.handled
+            )))
+            .await;
+        }
+        "a" if sm.enabled => {
+            let h = el
+                .attr("h")
+                .and_then(|h| h.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    StreamError::with_text(
+                        StreamErrorCondition::BadFormat,
+                        "<a/> needs a numeric h",
+                    )
+                })?;
+            let result = match unacked.lock() {
+                Ok(mut unacked) => unacked.ack(h),
+                Err(_) => Ok(Vec::new()),
+            };
+            match result {
+                // The client has these: their stored copies can go.
+                Ok(keys) => offline::settle(&ctx.state, &ctx.jid.to_bare(), &keys),
+                Err(too_high) => return Err(handled_count_too_high(too_high)),
+            }
+        }
+        "r" | "a" => {}
+        "resume" => {
+            out(sm::failed("unexpected-request", None)).await;
+        }
+        other => {
+            return Err(StreamError::with_text(
+                StreamErrorCondition::UnsupportedStanzaType,
+                format!("<{other}/> is not a stream management element"),
+            ))
+        }
+    };
+    Ok(())
 }
 
 /// XEP-0198 §5: the peer acknowledged more than it was sent.
@@ -658,103 +626,232 @@ fn valid_iq(el: &Element) -> bool {
         }
 }
 
-/// Owns the write half: writes queued stanzas in batches, records them for stream management,
-/// asks for acks, and writes the closing bytes when told to stop. Returns the queue so that a
-/// resumed session can go on with it.
-#[allow(clippy::too_many_arguments)]
-async fn write_loop(
-    mut writer: WriteHalf<Transport>,
-    mut queue: queue::Receiver<Outbound>,
-    mut stop: oneshot::Receiver<Bytes>,
-    unacked: Arc<Mutex<Unacked>>,
-    control: Arc<crate::router::Control>,
-    settle: Settle,
-    first: Option<Bytes>,
-    resend: Vec<sm::Sent>,
-) -> Stopped {
-    const BATCH: usize = 64 * 1024;
-    const WRITE_WAIT: Duration = Duration::from_secs(30);
-    let mut held = csi::Held::default();
-    let mut out = Out::default();
-    if let Some(first) = first {
-        out.buf.extend_from_slice(&first);
-    }
-    for (stanza, key) in resend {
-        out.record(&unacked, &sent_item(stanza, key));
-    }
-    loop {
-        if !out.buf.is_empty() {
-            request_ack(&unacked, &mut out.buf);
-            let write = async {
-                writer.write_all(&out.buf).await?;
-                writer.flush().await
-            };
-            // Boxed (one allocation per batch): the timer and the write would otherwise be part
-            // of every idle session's writer.
-            if !matches!(
-                Box::pin(tokio::time::timeout(WRITE_WAIT, write)).await,
-                Ok(Ok(()))
-            ) {
-                out.failed(&settle);
-                return (queue, held.take());
-            }
-            out.written(&settle);
-        }
-        tokio::select! {
-            biased;
-            closing = &mut stop => {
-                // Dropped without a word: stop without closing bytes.
-                let closing = closing.unwrap_or_default();
-                if !closing.is_empty() {
-                    // What was queued before the close still goes out first.
-                    while out.buf.len() < BATCH {
-                        match queue.try_recv() {
-                            Some(item) => out.record(&unacked, &item),
-                            None => break,
-                        }
-                    }
-                    out.buf.extend_from_slice(&closing);
-                    let finish = async {
-                        writer.write_all(&out.buf).await?;
-                        writer.flush().await?;
-                        writer.shutdown().await
-                    };
-                    if matches!(Box::pin(tokio::time::timeout(Duration::from_secs(2), finish)).await, Ok(Ok(()))) {
-                        out.written(&settle);
-                    } else {
-                        out.failed(&settle);
-                    }
-                }
-                return (queue, held.take());
-            }
-            _ = control.inactivity.changed() => {
-                if !control.inactivity.get() {
-                    for stanza in held.take() {
-                        out.record(&unacked, &Outbound::Stanza(stanza));
-                    }
-                }
-            }
-            item = queue.recv() => match item {
-                Some(item) => {
-                    let quiet = control.inactivity.get();
-                    out.admit(&unacked, &mut held, quiet, item);
-                    // Take whatever else is already queued, so a burst becomes one write.
-                    while out.buf.len() < BATCH {
-                        match queue.try_recv() {
-                            Some(item) => out.admit(&unacked, &mut held, quiet, item),
-                            None => break,
-                        }
-                    }
-                }
-                None => return (queue, held.take()),
-            }
-        }
-    }
+/// Bytes gathered into one write at most (a burst of queued stanzas becomes one write).
+const BATCH: usize = 64 * 1024;
+/// A client that takes longer than this to accept one write has lost its connection.
+const WRITE_WAIT: Duration = Duration::from_secs(30);
+
+/// A write in flight: it owns the write half while it runs and gives it back with the outcome.
+type Flight =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (WriteHalf<Transport>, bool)> + Send>>;
+
+/// The write side of one connection, driven by the session's own task: takes what is queued,
+/// records it for stream management, holds noise while the client is inactive (XEP-0352), asks
+/// for acks, and writes in batches, one write in flight at a time.
+///
+/// No task of its own: an idle session is then one task, and its writer a few fields of it.
+struct Writer {
+    /// The socket's write half, while no write is in flight.
+    half: Option<WriteHalf<Transport>>,
+    /// The write in flight (boxed: a timer and a write state, for the length of one write).
+    flight: Option<Flight>,
+    /// The next write: its bytes, and the stored copies it delivers.
+    out: Out,
+    /// Stored copies the write in flight delivers, settled once it is done.
+    flying: Vec<u64>,
+    /// Stanzas held while the client is inactive.
+    held: csi::Held,
+    inactive: bool,
+    /// The connection failed: nothing more is written to it.
+    lost: bool,
 }
 
-/// What a stopped writer hands back: the queue, and what CSI was still holding (sent on a
-/// resumed stream rather than lost).
-type Stopped = (queue::Receiver<Outbound>, Vec<Bytes>);
+impl Writer {
+    /// A writer whose first write is `first`, then `resend` (a resumed stream).
+    fn new(
+        half: WriteHalf<Transport>,
+        first: Option<Bytes>,
+        resend: Vec<sm::Sent>,
+        unacked: &Mutex<Unacked>,
+    ) -> Self {
+        let mut writer = Writer {
+            half: Some(half),
+            flight: None,
+            out: Out::default(),
+            flying: Vec::new(),
+            held: csi::Held::default(),
+            inactive: false,
+            lost: false,
+        };
+        if let Some(first) = first {
+            writer.out.buf.extend_from_slice(&first);
+        }
+        for (stanza, key) in resend {
+            writer.out.record(unacked, &sent_item(stanza, key));
+        }
+        writer
+    }
+
+    /// Writes what the queue holds, batch after batch; returns only when the connection has failed
+    /// (or the queue was closed). Cancel-safe: a write in flight stays in `flight`, and an item is
+    /// taken from the queue only where it is recorded at once.
+    async fn run(
+        &mut self,
+        queue: &mut queue::Receiver<Outbound>,
+        unacked: &Mutex<Unacked>,
+        ctx: &SessionCtx,
+    ) {
+        loop {
+            if self.lost {
+                return;
+            }
+            if let Some(flight) = self.flight.as_mut() {
+                let (half, ok) = flight.await;
+                self.flight = None;
+                self.half = Some(half);
+                self.landed(ok, ctx);
+                continue;
+            }
+            if !self.out.buf.is_empty() {
+                self.launch(unacked);
+                continue;
+            }
+            match queue.recv().await {
+                Some(item) => {
+                    self.admit(unacked, item);
+                    // Take whatever else is already queued, so a burst becomes one write.
+                    while self.out.buf.len() < BATCH {
+                        match queue.try_recv() {
+                            Some(item) => self.admit(unacked, item),
+                            None => break,
+                        }
+                    }
+                }
+                None => {
+                    self.lost = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs `work` (a handler) while the writer goes on writing: a handler that queues replies for
+    /// its own client must not wait on a writer that waits on it.
+    async fn alongside<T>(
+        &mut self,
+        queue: &mut queue::Receiver<Outbound>,
+        unacked: &Mutex<Unacked>,
+        ctx: &SessionCtx,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                // Lost: the handler still finishes; the session notices afterwards.
+                () = self.run(queue, unacked, ctx), if !self.lost => {}
+            }
+        }
+    }
+
+    /// XEP-0352: the client went inactive or active. Becoming active sends what was held.
+    fn set_inactive(&mut self, inactive: bool, unacked: &Mutex<Unacked>) {
+        self.inactive = inactive;
+        if !inactive {
+            for stanza in self.held.take() {
+                self.out.record(unacked, &Outbound::Stanza(stanza));
+            }
+        }
+    }
+
+    /// Starts writing the gathered bytes (with an ack request if one is due).
+    fn launch(&mut self, unacked: &Mutex<Unacked>) {
+        let Some(mut half) = self.half.take() else {
+            return;
+        };
+        request_ack(unacked, &mut self.out.buf);
+        // Moved into the write, and freed with it: an idle connection keeps no write buffer.
+        let buf = std::mem::take(&mut self.out.buf);
+        self.flying.append(&mut self.out.delivers);
+        self.flight = Some(Box::pin(async move {
+            let write = async {
+                half.write_all(&buf).await?;
+                half.flush().await
+            };
+            let ok = matches!(tokio::time::timeout(WRITE_WAIT, write).await, Ok(Ok(())));
+            (half, ok)
+        }));
+    }
+
+    /// After a write: the copies it delivered leave the store; after a failed one they stay
+    /// stored, free for the next session to deliver, and the connection is lost.
+    fn landed(&mut self, ok: bool, ctx: &SessionCtx) {
+        if self.flying.is_empty() {
+            self.lost |= !ok;
+            return;
+        }
+        let user = ctx.jid.to_bare();
+        if ok {
+            offline::settle(&ctx.state, &user, &self.flying);
+        } else {
+            ctx.state.offline_claims.release(&user, &self.flying);
+            self.lost = true;
+        }
+        self.flying.clear();
+    }
+
+    /// Ends the connection: the write in flight finishes, then (unless the connection failed)
+    /// what is queued and `closing` are written and the socket is shut. Returns what CSI held.
+    async fn close(
+        mut self,
+        queue: &mut queue::Receiver<Outbound>,
+        unacked: &Mutex<Unacked>,
+        ctx: &SessionCtx,
+        closing: Option<Bytes>,
+    ) -> Vec<Bytes> {
+        if let Some(flight) = self.flight.take() {
+            let (half, ok) = flight.await;
+            self.half = Some(half);
+            self.landed(ok, ctx);
+        }
+        let closing = closing.unwrap_or_default();
+        if let (false, false, Some(mut half)) = (closing.is_empty(), self.lost, self.half.take()) {
+            // What was queued before the close still goes out first.
+            while self.out.buf.len() < BATCH {
+                match queue.try_recv() {
+                    Some(item) => self.out.record(unacked, &item),
+                    None => break,
+                }
+            }
+            self.out.buf.extend_from_slice(&closing);
+            let finish = async {
+                half.write_all(&self.out.buf).await?;
+                half.flush().await?;
+                half.shutdown().await
+            };
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(2), finish).await,
+                Ok(Ok(()))
+            );
+            self.flying.append(&mut self.out.delivers);
+            self.landed(ok, ctx);
+        }
+        // Copies gathered for a write that never happened stay stored for the next session.
+        if !self.out.delivers.is_empty() {
+            let user = ctx.jid.to_bare();
+            ctx.state.offline_claims.release(&user, &self.out.delivers);
+        }
+        self.held.take()
+    }
+
+    /// Writes an item, or holds it while the client is inactive if it can wait (XEP-0352). Anything
+    /// that cannot wait takes the held stanzas out with it, in order.
+    fn admit(&mut self, unacked: &Mutex<Unacked>, item: Outbound) {
+        if let Outbound::Stanza(bytes) = &item {
+            if self.inactive && csi::can_wait(bytes) {
+                self.held.hold(bytes.clone());
+                return;
+            }
+        }
+        if !self.held.is_empty() && matches!(item, Outbound::Stanza(_) | Outbound::Stored(..)) {
+            for stanza in self.held.take() {
+                self.out.record(unacked, &Outbound::Stanza(stanza));
+            }
+        }
+        self.out.record(unacked, &item);
+    }
+}
 
 /// The queue item for a stanza to send again.
 fn sent_item(stanza: Bytes, key: Option<u64>) -> Outbound {
@@ -762,12 +859,6 @@ fn sent_item(stanza: Bytes, key: Option<u64>) -> Outbound {
         Some(key) => Outbound::Stored(stanza, key),
         None => Outbound::Stanza(stanza),
     }
-}
-
-/// Settles stored copies of messages written to a client without stream management.
-struct Settle {
-    state: Arc<ServerState>,
-    user: jid::BareJid,
 }
 
 /// The next write: its bytes, and the stored copies it delivers (to settle once written).
@@ -778,46 +869,6 @@ struct Out {
 }
 
 impl Out {
-    /// After a successful write: the copies it delivered leave the store.
-    fn written(&mut self, settle: &Settle) {
-        offline::settle(&settle.state, &settle.user, &self.delivers);
-        self.delivers.clear();
-        // An idle connection keeps no write buffer; a busy one allocates one per batch.
-        self.buf = Vec::new();
-    }
-
-    /// After a failed write: the copies stay stored, free for the next session to deliver.
-    fn failed(&mut self, settle: &Settle) {
-        settle
-            .state
-            .offline_claims
-            .release(&settle.user, &self.delivers);
-        self.delivers.clear();
-    }
-
-    /// Writes an item, or holds it while the client is inactive if it can wait (XEP-0352). Anything
-    /// that cannot wait takes the held stanzas out with it, in order.
-    fn admit(
-        &mut self,
-        unacked: &Mutex<Unacked>,
-        held: &mut csi::Held,
-        inactive: bool,
-        item: Outbound,
-    ) {
-        if let Outbound::Stanza(bytes) = &item {
-            if inactive && csi::can_wait(bytes) {
-                held.hold(bytes.clone());
-                return;
-            }
-        }
-        if !held.is_empty() && matches!(item, Outbound::Stanza(_) | Outbound::Stored(..)) {
-            for stanza in held.take() {
-                self.record(unacked, &Outbound::Stanza(stanza));
-            }
-        }
-        self.record(unacked, &item);
-    }
-
     /// Appends an item to the buffer, counting stanzas for stream management.
     fn record(&mut self, unacked: &Mutex<Unacked>, item: &Outbound) {
         match item {

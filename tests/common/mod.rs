@@ -352,6 +352,15 @@ impl Raw {
         }
     }
 
+    /// The connection itself, for a test that reads and writes at the same time; anything already
+    /// received and not consumed is returned with it.
+    pub fn into_io(mut self) -> (Box<dyn Io>, String) {
+        (
+            self.io.take().expect("open"),
+            std::mem::take(&mut self.pending),
+        )
+    }
+
     pub async fn send(&mut self, text: &str) {
         let io = self.io.as_mut().expect("open");
         io.write_all(text.as_bytes()).await.expect("send");
