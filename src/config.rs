@@ -20,6 +20,7 @@ pub struct Config {
     pub offline: OfflineConfig,
     pub activity: ActivityConfig,
     pub admin: AdminConfig,
+    pub muc: MucConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +164,25 @@ impl Default for ActivityConfig {
     }
 }
 
+/// Group chat (XEP-0045).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucConfig {
+    /// The service's domain; empty means `conference.` followed by the server's domain.
+    pub domain: String,
+    /// Occupants a room holds unless its owner sets another limit: the group size limit.
+    pub max_occupants: usize,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            domain: String::new(),
+            max_occupants: 100,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -243,6 +263,21 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(("[server] max_connections", "must be at least 1".into()));
         }
+        let muc = self.muc_domain();
+        if muc == domain.to_ascii_lowercase()
+            || jid::BareJid::new(&muc).is_err()
+            || muc.contains(['@', '/'])
+        {
+            return Err((
+                "[muc] domain",
+                format!(
+                    "'{muc}' is not a domain name of its own (it must differ from [server] domain)"
+                ),
+            ));
+        }
+        if self.muc.max_occupants == 0 {
+            return Err(("[muc] max_occupants", "must be at least 1".into()));
+        }
         parse_listen(&self.c2s.listen).map_err(|m| ("[c2s] listen", m))?;
         parse_listen(&self.c2s.direct_tls_listen).map_err(|m| ("[c2s] direct_tls_listen", m))?;
         if self.c2s.listen.is_empty() && self.c2s.direct_tls_listen.is_empty() {
@@ -299,6 +334,16 @@ impl Config {
         jid::BareJid::new(domain)
             .map(|j| j.to_string())
             .unwrap_or_else(|_| domain.to_string())
+    }
+
+    /// The group chat service's domain (`[muc] domain`, or `conference.<domain>`).
+    pub fn muc_domain(&self) -> String {
+        let domain = self.muc.domain.trim_end_matches('.');
+        if domain.is_empty() {
+            format!("conference.{}", self.server.domain.trim_end_matches('.'))
+        } else {
+            domain.to_ascii_lowercase()
+        }
     }
 
     /// The STARTTLS listener address, if any.

@@ -131,6 +131,7 @@ pub enum StanzaErrorCondition {
     NotAcceptable,
     NotAllowed,
     NotAuthorized,
+    RegistrationRequired,
     RemoteServerNotFound,
     ResourceConstraint,
     ServiceUnavailable,
@@ -150,6 +151,7 @@ impl StanzaErrorCondition {
             NotAcceptable => "not-acceptable",
             NotAllowed => "not-allowed",
             NotAuthorized => "not-authorized",
+            RegistrationRequired => "registration-required",
             RemoteServerNotFound => "remote-server-not-found",
             ResourceConstraint => "resource-constraint",
             ServiceUnavailable => "service-unavailable",
@@ -167,7 +169,7 @@ impl StanzaErrorCondition {
             | NotAllowed
             | RemoteServerNotFound
             | ServiceUnavailable => "cancel",
-            Forbidden | NotAuthorized => "auth",
+            Forbidden | NotAuthorized | RegistrationRequired => "auth",
             InternalServerError | ResourceConstraint => "wait",
         }
     }
@@ -261,4 +263,9 @@ pub fn set_attr(el: &mut Element, name: &'static str, value: &str) {
     if let Ok(name) = minidom::rxml::NcName::try_from(name) {
         el.set_attr(minidom::rxml::Namespace::NONE, name, value.to_string());
     }
+}
+
+/// Removes a plain (namespace-less) attribute.
+pub fn remove_attr(el: &mut Element, name: &str) {
+    el.attrs_mut().remove(&minidom::rxml::Namespace::NONE, name);
 }

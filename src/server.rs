@@ -35,6 +35,8 @@ pub struct ServerState {
     pub offline_gate: crate::modules::offline::Gate,
     /// Stored messages that live sessions are delivering (see `offline::Claims`).
     pub offline_claims: crate::modules::offline::Claims,
+    /// The group chat service (XEP-0045) at `[muc] domain`.
+    pub muc: crate::modules::muc::Service,
     pub started: Instant,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -105,6 +107,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         activity: crate::modules::activity::Activity::new(),
         offline_gate: Default::default(),
         offline_claims: Default::default(),
+        muc: crate::modules::muc::Service::new(config.muc_domain(), config.muc.max_occupants),
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),

@@ -53,17 +53,29 @@ pub fn info(set: bool, payload: &Element, target: Target) -> IqResult {
     Ok(Some(result.into()))
 }
 
-pub fn items(set: bool, payload: &Element, _target: Target) -> IqResult {
+/// The server's items are its services (the group chat service); an account lists none here.
+pub fn items(services: &[&str], set: bool, payload: &Element, target: Target) -> IqResult {
     if set {
         return Err(super::wrong_type());
     }
     if parse::<DiscoItemsQuery>(payload)?.node.is_some() {
         return Err(StanzaErrorCondition::ItemNotFound.into());
     }
-    // No components (conference, upload) yet.
+    let items = match target {
+        Target::Server => services
+            .iter()
+            .filter_map(|service| jid::Jid::new(service).ok())
+            .map(|jid| xmpp_parsers::disco::Item {
+                jid,
+                node: None,
+                name: None,
+            })
+            .collect(),
+        Target::Account => Vec::new(),
+    };
     let result = DiscoItemsResult {
         node: None,
-        items: Vec::new(),
+        items,
         rsm: None,
     };
     Ok(Some(result.into()))

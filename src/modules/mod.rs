@@ -6,6 +6,7 @@ pub mod activity;
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -146,6 +147,7 @@ pub const MODULES: &[&Module] = &[
     &carbons::MODULE,
     &blocking::MODULE,
     &crate::session::csi::MODULE,
+    &muc::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.
@@ -220,7 +222,9 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
     let namespace = payload.ns();
     let outcome: IqResult = match (namespace.as_str(), target) {
         (ns::DISCO_INFO, _) => disco::info(set, payload, target),
-        (ns::DISCO_ITEMS, _) => disco::items(set, payload, target),
+        (ns::DISCO_ITEMS, _) => {
+            disco::items(&[ctx.state.muc.domain.as_str()], set, payload, target)
+        }
         (ns::PING, _) => ping::handle(set, payload),
         (ns::VERSION, Target::Server) => version::handle(set, payload),
         (ns::TIME, Target::Server) => time::handle(set, payload),

@@ -273,6 +273,13 @@ async fn directed(ctx: &SessionCtx, el: Element, to: Jid) -> Result<(), StoreErr
 /// Delivers available or unavailable presence to a local JID: to that session for a full JID, to
 /// every available session for a bare JID; dropped when there is none (presence is never stored).
 async fn deliver_directed(state: &ServerState, el: &Element, to: &Jid) {
+    if state.muc.serves(to) {
+        // A room the session is in: it leaves (or its presence changes).
+        if let Some(from) = el.attr("from").and_then(|f| f.parse::<jid::FullJid>().ok()) {
+            Box::pin(crate::modules::muc::receive(state, el.clone(), &from, to)).await;
+        }
+        return;
+    }
     if blocked_between(state, to, el) {
         return;
     }

@@ -12,6 +12,25 @@ use crate::router::{Outbound, SessionHandle};
 use crate::session::SessionCtx;
 use crate::xml;
 
+/// A stanza to the group chat service or one of its rooms. Presence to a room is remembered as
+/// directed presence, so that the room hears when the session goes away (RFC 6121 §4.6).
+async fn to_muc(ctx: &SessionCtx, el: Element, to: &Jid) {
+    if el.name() == "presence" && to.node().is_some() {
+        if let Ok(mut local) = ctx.local.lock() {
+            match el.attr("type") {
+                None => {
+                    local.directed.insert(to.clone());
+                }
+                Some("unavailable") => {
+                    local.directed.remove(to);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    crate::modules::muc::receive(&ctx.state, el, &ctx.jid, to).await;
+}
+
 /// Routes a stanza whose `from` was stamped and whose `to` was parsed.
 pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
     if let Some(to) = &to {
@@ -39,6 +58,9 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
                 return;
             }
         }
+    }
+    if let Some(to) = to.as_ref().filter(|to| ctx.state.muc.serves(to)) {
+        return Box::pin(to_muc(ctx, el, to)).await;
     }
     if el.name() == "presence" {
         // Presence, iq handlers: boxed, so that the session's task is sized for the message path.

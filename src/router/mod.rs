@@ -230,6 +230,15 @@ impl SessionHandle {
         &self.control
     }
 
+    /// Queues bytes for the session if there is room now; gives them back if not (or if the
+    /// session has ended).
+    pub fn try_send(&self, out: Outbound) -> Result<(), Outbound> {
+        match self.queue.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(queue::TrySendError::Closed(out) | queue::TrySendError::Full(out)) => Err(out),
+        }
+    }
+
     /// Queues bytes for the session. Waits while its queue is full (back-pressure); a recipient that
     /// stays full that long is not reading, so it is closed rather than allowed to stall the sender.
     pub async fn send(&self, out: Outbound) -> bool {
