@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
+use xmpp_parsers::data_forms::{DataForm, DataFormType, Field, FieldType};
+use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity, Item};
 
 use super::{Module, Spec, Support};
-use crate::error::{set_attr, StanzaError, StanzaErrorCondition};
+use crate::error::{StanzaError, StanzaErrorCondition};
 use crate::router::Outbound;
 use crate::server::ServerState;
 use crate::xml::{self, ns};
@@ -297,17 +299,18 @@ fn owner(
             "only owners may configure the room",
         ));
     }
+    let mut query = Element::bare("query", NS_MUC_OWNER);
     if !set {
-        let mut query = Element::bare("query", NS_MUC_OWNER);
-        query.append_child(config_form(room));
+        query.append_child(config_form(room).into());
         return Ok(query);
     }
     let form = payload
         .get_child("x", ns::DATA_FORMS)
         .ok_or(StanzaErrorCondition::BadRequest)?;
-    match form.attr("type") {
-        Some("submit") => apply_config(room, form)?,
-        Some("cancel") => {}
+    let form: DataForm = super::parse(form)?;
+    match form.type_ {
+        DataFormType::Submit => apply_config(room, &form)?,
+        DataFormType::Cancel => {}
         _ => {
             return Err(StanzaError::with_text(
                 StanzaErrorCondition::BadRequest,
@@ -316,107 +319,59 @@ fn owner(
         }
     }
     room.locked = false;
-    Ok(Element::bare("query", NS_MUC_OWNER))
+    Ok(query)
 }
 
-fn field(var: &str, kind: &str, value: &str) -> Element {
-    let mut field = Element::bare("field", ns::DATA_FORMS);
-    set_attr(&mut field, "var", var);
-    if !kind.is_empty() {
-        set_attr(&mut field, "type", kind);
-    }
-    let mut v = Element::bare("value", ns::DATA_FORMS);
-    v.append_text(value.to_string());
-    field.append_child(v);
-    field
-}
+const ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
+const ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 
-fn flag(on: bool) -> &'static str {
-    if on {
-        "1"
-    } else {
-        "0"
-    }
+fn boolean(var: &str, on: bool) -> Field {
+    Field::new(var, FieldType::Boolean).with_value(if on { "1" } else { "0" })
 }
 
 /// The muc#roomconfig form with the room's current values.
-fn config_form(room: &Room) -> Element {
+fn config_form(room: &Room) -> DataForm {
     let c = &room.config;
-    let mut form = Element::bare("x", ns::DATA_FORMS);
-    set_attr(&mut form, "type", "form");
-    for f in [
-        field(
-            "FORM_TYPE",
-            "hidden",
-            "http://jabber.org/protocol/muc#roomconfig",
-        ),
-        field("muc#roomconfig_roomname", "text-single", &c.name),
-        field("muc#roomconfig_roomdesc", "text-single", &c.description),
-        field(
-            "muc#roomconfig_persistentroom",
-            "boolean",
-            flag(c.persistent),
-        ),
-        field("muc#roomconfig_publicroom", "boolean", flag(c.public)),
-        field(
-            "muc#roomconfig_membersonly",
-            "boolean",
-            flag(c.members_only),
-        ),
-        field("muc#roomconfig_moderatedroom", "boolean", flag(c.moderated)),
-        field(
-            "muc#roomconfig_changesubject",
-            "boolean",
-            flag(c.change_subject),
-        ),
-        field(
-            "muc#roomconfig_whois",
-            "list-single",
-            if c.whois_anyone {
-                "anyone"
-            } else {
-                "moderators"
-            },
-        ),
-        field(
-            "muc#roomconfig_passwordprotectedroom",
-            "boolean",
-            flag(c.password.is_some()),
-        ),
-        field(
-            "muc#roomconfig_roomsecret",
-            "text-private",
-            c.password.as_deref().unwrap_or(""),
-        ),
-        field(
-            "muc#roomconfig_maxusers",
-            "text-single",
-            &c.max_occupants.to_string(),
-        ),
-    ] {
-        form.append_child(f);
-    }
-    form
+    let whois = if c.whois_anyone {
+        "anyone"
+    } else {
+        "moderators"
+    };
+    DataForm::new(
+        DataFormType::Form,
+        ROOMCONFIG,
+        vec![
+            Field::text_single("muc#roomconfig_roomname", &c.name),
+            Field::text_single("muc#roomconfig_roomdesc", &c.description),
+            boolean("muc#roomconfig_persistentroom", c.persistent),
+            boolean("muc#roomconfig_publicroom", c.public),
+            boolean("muc#roomconfig_membersonly", c.members_only),
+            boolean("muc#roomconfig_moderatedroom", c.moderated),
+            boolean("muc#roomconfig_changesubject", c.change_subject),
+            Field::new("muc#roomconfig_whois", FieldType::ListSingle).with_value(whois),
+            boolean("muc#roomconfig_passwordprotectedroom", c.password.is_some()),
+            Field::new("muc#roomconfig_roomsecret", FieldType::TextPrivate)
+                .with_value(c.password.as_deref().unwrap_or("")),
+            Field::text_single("muc#roomconfig_maxusers", &c.max_occupants.to_string()),
+        ],
+    )
 }
 
 /// Applies a submitted muc#roomconfig form; a bad value refuses the whole form (§10.2).
-fn apply_config(room: &mut Room, form: &Element) -> Result<(), StanzaError> {
+fn apply_config(room: &mut Room, form: &DataForm) -> Result<(), StanzaError> {
     let mut config = room.config.clone();
     let mut protect = config.password.is_some();
     let mut secret = config.password.clone().unwrap_or_default();
-    for field in form.children().filter(|c| c.is("field", ns::DATA_FORMS)) {
-        let var = field.attr("var").unwrap_or("");
-        let value = field
-            .get_child("value", ns::DATA_FORMS)
-            .map(|v| v.text())
-            .unwrap_or_default();
+    for field in &form.fields {
+        let var = field.var.as_deref().unwrap_or("");
+        let value = field.values.first().cloned().unwrap_or_default();
+        let refuse = |why: &str| {
+            StanzaError::with_text(StanzaErrorCondition::NotAcceptable, format!("{var} {why}"))
+        };
         let boolean = || match value.as_str() {
             "1" | "true" => Ok(true),
             "0" | "false" => Ok(false),
-            _ => Err(StanzaError::with_text(
-                StanzaErrorCondition::NotAcceptable,
-                format!("{var} takes a boolean"),
-            )),
+            _ => Err(refuse("takes a boolean")),
         };
         match var {
             "FORM_TYPE" => {}
@@ -433,28 +388,13 @@ fn apply_config(room: &mut Room, form: &Element) -> Result<(), StanzaError> {
                 config.whois_anyone = match value.as_str() {
                     "anyone" => true,
                     "moderators" => false,
-                    _ => {
-                        return Err(StanzaError::with_text(
-                            StanzaErrorCondition::NotAcceptable,
-                            "muc#roomconfig_whois is anyone or moderators",
-                        ))
-                    }
+                    _ => return Err(refuse("is anyone or moderators")),
                 }
             }
             "muc#roomconfig_maxusers" => {
-                config.max_occupants = value.parse().map_err(|_| {
-                    StanzaError::with_text(
-                        StanzaErrorCondition::NotAcceptable,
-                        "muc#roomconfig_maxusers takes a number",
-                    )
-                })?;
+                config.max_occupants = value.parse().map_err(|_| refuse("takes a number"))?;
             }
-            other => {
-                return Err(StanzaError::with_text(
-                    StanzaErrorCondition::NotAcceptable,
-                    format!("unknown configuration field {other}"),
-                ))
-            }
+            _ => return Err(refuse("is not a configuration field")),
         }
     }
     config.password = (protect && !secret.is_empty()).then_some(secret);
@@ -462,105 +402,76 @@ fn apply_config(room: &mut Room, form: &Element) -> Result<(), StanzaError> {
     Ok(())
 }
 
-fn identity(name: &str) -> Element {
-    let mut identity = Element::bare("identity", ns::DISCO_INFO);
-    set_attr(&mut identity, "category", "conference");
-    set_attr(&mut identity, "type", "text");
-    set_attr(&mut identity, "name", name);
-    identity
-}
-
-fn feature(var: &str) -> Element {
-    let mut feature = Element::bare("feature", ns::DISCO_INFO);
-    set_attr(&mut feature, "var", var);
-    feature
+fn info(name: &str, features: &[&str], extensions: Vec<DataForm>) -> Element {
+    DiscoInfoResult {
+        node: None,
+        identities: vec![Identity::new("conference", "text", "en", name)],
+        features: features.iter().map(|f| f.to_string()).collect(),
+        extensions,
+    }
+    .into()
 }
 
 fn service_info() -> Element {
-    let mut query = Element::bare("query", ns::DISCO_INFO);
-    query.append_child(identity("Chatrooms"));
-    for var in [ns::DISCO_INFO, ns::DISCO_ITEMS, NS_MUC] {
-        query.append_child(feature(var));
-    }
-    query
+    info(
+        "Chatrooms",
+        &[ns::DISCO_INFO, ns::DISCO_ITEMS, NS_MUC],
+        Vec::new(),
+    )
 }
 
 fn service_items(state: &ServerState) -> Element {
-    let mut query = Element::bare("query", ns::DISCO_ITEMS);
-    for (jid, name) in state.muc.listed() {
-        let mut item = Element::bare("item", ns::DISCO_ITEMS);
-        set_attr(&mut item, "jid", jid.as_str());
-        if !name.is_empty() {
-            set_attr(&mut item, "name", &name);
-        }
-        query.append_child(item);
+    let items = state
+        .muc
+        .listed()
+        .into_iter()
+        .map(|(jid, name)| Item {
+            jid: jid.into(),
+            node: None,
+            name: (!name.is_empty()).then_some(name),
+        })
+        .collect();
+    DiscoItemsResult {
+        node: None,
+        items,
+        rsm: None,
     }
-    query
+    .into()
 }
 
 /// A room's disco#info: what it is configured to be (§6.4), with the muc#roominfo form.
 fn room_info(room: &Room) -> Element {
     let c = &room.config;
-    let mut query = Element::bare("query", ns::DISCO_INFO);
     let name = if c.name.is_empty() {
         room.jid.node().map(|n| n.to_string()).unwrap_or_default()
     } else {
         c.name.clone()
     };
-    query.append_child(identity(&name));
+    let pick = |on: bool, yes: &'static str, no: &'static str| if on { yes } else { no };
     let features = [
         NS_MUC,
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
         "http://jabber.org/protocol/muc#stable_id",
-        if c.persistent {
-            "muc_persistent"
-        } else {
-            "muc_temporary"
-        },
-        if c.public { "muc_public" } else { "muc_hidden" },
-        if c.members_only {
-            "muc_membersonly"
-        } else {
-            "muc_open"
-        },
-        if c.moderated {
-            "muc_moderated"
-        } else {
-            "muc_unmoderated"
-        },
-        if c.whois_anyone {
-            "muc_nonanonymous"
-        } else {
-            "muc_semianonymous"
-        },
-        if c.password.is_some() {
-            "muc_passwordprotected"
-        } else {
-            "muc_unsecured"
-        },
+        pick(c.persistent, "muc_persistent", "muc_temporary"),
+        pick(c.public, "muc_public", "muc_hidden"),
+        pick(c.members_only, "muc_membersonly", "muc_open"),
+        pick(c.moderated, "muc_moderated", "muc_unmoderated"),
+        pick(c.whois_anyone, "muc_nonanonymous", "muc_semianonymous"),
+        pick(
+            c.password.is_some(),
+            "muc_passwordprotected",
+            "muc_unsecured",
+        ),
     ];
-    for var in features {
-        query.append_child(feature(var));
-    }
-    let mut form = Element::bare("x", ns::DATA_FORMS);
-    set_attr(&mut form, "type", "result");
-    for f in [
-        field(
-            "FORM_TYPE",
-            "hidden",
-            "http://jabber.org/protocol/muc#roominfo",
-        ),
-        field("muc#roominfo_description", "", &c.description),
-        field("muc#roominfo_subject", "", room.subject().unwrap_or("")),
-        field(
-            "muc#roominfo_occupants",
-            "",
-            &room.occupant_count().to_string(),
-        ),
-    ] {
-        form.append_child(f);
-    }
-    query.append_child(form);
-    query
+    let form = DataForm::new(
+        DataFormType::Result_,
+        ROOMINFO,
+        vec![
+            Field::text_single("muc#roominfo_description", &c.description),
+            Field::text_single("muc#roominfo_subject", room.subject().unwrap_or("")),
+            Field::text_single("muc#roominfo_occupants", &room.occupant_count().to_string()),
+        ],
+    );
+    info(&name, &features, vec![form])
 }
