@@ -250,18 +250,27 @@ pub async fn go_unavailable(ctx: &SessionCtx, presence: Option<Element>) -> Resu
     Ok(())
 }
 
+/// Keeps track of who got this session's directed presence (available adds, unavailable removes),
+/// so that they hear when it goes away. One's own account is not tracked.
+pub fn remember_directed(ctx: &SessionCtx, el: &Element, to: &Jid) {
+    let own = to.to_bare() == ctx.jid.to_bare();
+    if let (false, Ok(mut local)) = (own, ctx.local.lock()) {
+        match el.attr("type") {
+            None => {
+                local.directed.insert(to.clone());
+            }
+            Some("unavailable") => {
+                local.directed.remove(to);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 /// Directed presence (RFC 6121 §4.6): delivered to the addressee and remembered, so that it also gets
 /// the unavailable presence when this session goes away.
 async fn directed(ctx: &SessionCtx, el: Element, to: Jid) -> Result<(), StoreError> {
-    let unavailable = el.attr("type") == Some("unavailable");
-    let own = to.to_bare() == ctx.jid.to_bare();
-    if let (false, Ok(mut local)) = (own, ctx.local.lock()) {
-        if unavailable {
-            local.directed.remove(&to);
-        } else {
-            local.directed.insert(to.clone());
-        }
-    }
+    remember_directed(ctx, &el, &to);
     if to.domain().as_str() != ctx.state.domain {
         // No federation yet: nowhere to send it, and presence errors are not required (§4.6.2).
         return Ok(());

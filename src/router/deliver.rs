@@ -16,17 +16,7 @@ use crate::xml;
 /// directed presence, so that the room hears when the session goes away (RFC 6121 §4.6).
 async fn to_muc(ctx: &SessionCtx, el: Element, to: &Jid) {
     if el.name() == "presence" && to.node().is_some() {
-        if let Ok(mut local) = ctx.local.lock() {
-            match el.attr("type") {
-                None => {
-                    local.directed.insert(to.clone());
-                }
-                Some("unavailable") => {
-                    local.directed.remove(to);
-                }
-                Some(_) => {}
-            }
-        }
+        crate::modules::presence::remember_directed(ctx, &el, to);
     }
     crate::modules::muc::receive(&ctx.state, el, &ctx.jid, to).await;
 }

@@ -252,43 +252,30 @@ impl Session {
                         ))
                     }
                 },
-                Ok(XmlEvent::Element(el)) if el.ns() == sm::NS => {
-                    let handled = connection
-                        .writer
-                        .alongside(
-                            &mut self.queue,
-                            &self.unacked,
-                            &self.ctx,
-                            Box::pin(stream_management(
-                                &self.ctx,
-                                &mut self.sm,
-                                &self.unacked,
-                                &el,
-                            )),
-                        )
-                        .await;
-                    if let Err(err) = handled {
-                        return End::Error(err);
-                    }
-                }
                 Ok(XmlEvent::Element(el)) => {
+                    let stanza = el.ns() != sm::NS;
                     // Boxed, like the other branches that are large and rare per connection: the
                     // task of an idle session is then a few hundred bytes.
+                    let work: Handling<'_> = if stanza {
+                        Box::pin(handle_element(&self.ctx, el))
+                    } else {
+                        Box::pin(stream_management(
+                            &self.ctx,
+                            &mut self.sm,
+                            &self.unacked,
+                            el,
+                        ))
+                    };
                     let handled = connection
                         .writer
-                        .alongside(
-                            &mut self.queue,
-                            &self.unacked,
-                            &self.ctx,
-                            Box::pin(handle_element(&self.ctx, el)),
-                        )
+                        .alongside(&mut self.queue, &self.unacked, &self.ctx, work)
                         .await;
                     if let Err(err) = handled {
                         return End::Error(err);
                     }
-                    // Counted once handled, from <enable/> on: an ack covers only what was processed
-                    // (and stored).
-                    if self.sm.enabled {
+                    // Stanzas are counted once handled, from <enable/> on: an ack covers only
+                    // what was processed (and stored). Nonzas are not counted.
+                    if stanza && self.sm.enabled {
                         self.sm.handled = self.sm.handled.wrapping_add(1);
                     }
                 }
@@ -437,12 +424,16 @@ impl Session {
     }
 }
 
+/// A client element being handled (a stanza, or a stream management nonza).
+type Handling<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StreamError>> + Send + 'a>>;
+
 /// XEP-0198 nonzas from the client: enable, request, answer.
 async fn stream_management(
     ctx: &SessionCtx,
     sm: &mut StreamManagement,
     unacked: &Mutex<Unacked>,
-    el: &Element,
+    el: Element,
 ) -> Result<(), StreamError> {
     let out = |bytes: Bytes| ctx.handle.send(Outbound::Nonza(bytes));
     match el.name() {
