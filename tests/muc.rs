@@ -74,6 +74,14 @@ async fn send_join(c: &mut Client, room: &str, nick: &str, password: Option<&str
     .await;
 }
 
+/// Waits for the presence error that refuses a join.
+async fn join_error(c: &mut Client, what: &str) -> Element {
+    c.wait(what, |el| {
+        el.name() == "presence" && el.attr("type") == Some("error")
+    })
+    .await
+}
+
 /// Joins and waits for the self-presence (status 110) and the subject; returns the self-presence.
 async fn join(c: &mut Client, room: &str, nick: &str) -> Element {
     send_join(c, room, nick, None).await;
@@ -151,11 +159,7 @@ async fn a_new_room_is_locked_until_its_owner_accepts_the_instant_configuration(
 
     // Locked: nobody else enters, and the room is not listed.
     send_join(bob, &r, "Bob", None).await;
-    let refused = bob
-        .wait("join error", |el| {
-            el.name() == "presence" && el.attr("type") == Some("error")
-        })
-        .await;
+    let refused = join_error(bob, "join error").await;
     assert_eq!(error_condition(&refused).as_deref(), Some("item-not-found"));
     assert_eq!(refused.attr("from"), Some(format!("{r}/Bob").as_str()));
 
@@ -248,20 +252,12 @@ async fn nick_conflicts_missing_nicks_and_strangers_are_refused() {
     create(&mut c[0], &r, "Alice").await;
     // Someone else's nick: <conflict/>.
     send_join(&mut c[1], &r, "Alice", None).await;
-    let conflict = c[1]
-        .wait("conflict", |el| {
-            el.name() == "presence" && el.attr("type") == Some("error")
-        })
-        .await;
+    let conflict = join_error(&mut c[1], "conflict").await;
     assert_eq!(error_condition(&conflict).as_deref(), Some("conflict"));
     // No nick at all: <jid-malformed/>.
     c[1].send(&format!("<presence to='{r}'><x xmlns='{MUC}'/></presence>"))
         .await;
-    let malformed = c[1]
-        .wait("jid-malformed", |el| {
-            el.name() == "presence" && el.attr("type") == Some("error")
-        })
-        .await;
+    let malformed = join_error(&mut c[1], "jid-malformed").await;
     assert_eq!(
         error_condition(&malformed).as_deref(),
         Some("jid-malformed")
@@ -465,11 +461,7 @@ async fn room_limits_members_only_and_passwords_refuse_entry() {
     configure(&mut c[0], &r, &[("muc#roomconfig_maxusers", "2")]).await;
     join(&mut c[1], &r, "Bob").await;
     send_join(&mut c[2], &r, "Carol", None).await;
-    let full = c[2]
-        .wait("room full", |el| {
-            el.name() == "presence" && el.attr("type") == Some("error")
-        })
-        .await;
+    let full = join_error(&mut c[2], "room full").await;
     assert_eq!(
         error_condition(&full).as_deref(),
         Some("service-unavailable")
@@ -487,11 +479,7 @@ async fn room_limits_members_only_and_passwords_refuse_entry() {
     )
     .await;
     send_join(&mut c[2], &locked, "Carol", None).await;
-    let denied = c[2]
-        .wait("password needed", |el| {
-            el.name() == "presence" && el.attr("type") == Some("error")
-        })
-        .await;
+    let denied = join_error(&mut c[2], "password needed").await;
     assert_eq!(error_condition(&denied).as_deref(), Some("not-authorized"));
     send_join(&mut c[2], &locked, "Carol", Some("sesame")).await;
     c[2].wait("entered with the password", |el| {
@@ -503,11 +491,7 @@ async fn room_limits_members_only_and_passwords_refuse_entry() {
     create(&mut c[0], &members, "Alice").await;
     configure(&mut c[0], &members, &[("muc#roomconfig_membersonly", "1")]).await;
     send_join(&mut c[1], &members, "Bob", None).await;
-    let refused = c[1]
-        .wait("members only", |el| {
-            el.name() == "presence" && el.attr("type") == Some("error")
-        })
-        .await;
+    let refused = join_error(&mut c[1], "members only").await;
     assert_eq!(
         error_condition(&refused).as_deref(),
         Some("registration-required")
