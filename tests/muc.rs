@@ -547,3 +547,47 @@ async fn the_subject_is_set_by_moderators_and_given_to_newcomers() {
     );
     assert_eq!(subject.attr("from"), Some(format!("{r}/Alice").as_str()));
 }
+
+#[tokio::test]
+async fn a_second_session_under_the_same_nick_joins_the_same_occupant() {
+    let server = server_with_users(&["alice", "bob"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob"]).await;
+    let mut laptop = Client::bound_with(&server, "alice", PASSWORD, "laptop").await;
+    let r = room("twice");
+    create(&mut c[0], &r, "Alice").await;
+    join(&mut c[1], &r, "Bob").await;
+    c[1].settle_and_clear().await;
+    // Alice's laptop takes the same nick: no conflict, and Bob sees no second Alice arrive.
+    let me = join(&mut laptop, &r, "Alice").await;
+    assert!(codes(&me).contains(&"110".to_string()), "{}", xml(&me));
+    c[1].none("a second Alice", |el| {
+        presence_from(el, &format!("{r}/Alice"))
+    })
+    .await;
+    // Both of Alice's sessions get the room's messages.
+    c[1].send(&format!(
+        "<message to='{r}' type='groupchat'><body>hi both</body></message>"
+    ))
+    .await;
+    c[0].wait_body("hi both").await;
+    laptop.wait_body("hi both").await;
+    // One session leaving keeps the occupant; Bob hears nothing until the last one goes.
+    laptop
+        .send(&format!("<presence to='{r}/Alice' type='unavailable'/>"))
+        .await;
+    laptop
+        .wait("laptop's own unavailable", |el| {
+            presence_from(el, &format!("{r}/Alice")) && el.attr("type") == Some("unavailable")
+        })
+        .await;
+    c[1].none("Alice leaving while her phone is in", |el| {
+        presence_from(el, &format!("{r}/Alice")) && el.attr("type") == Some("unavailable")
+    })
+    .await;
+    c[0].send(&format!("<presence to='{r}/Alice' type='unavailable'/>"))
+        .await;
+    c[1].wait("Alice left", |el| {
+        presence_from(el, &format!("{r}/Alice")) && el.attr("type") == Some("unavailable")
+    })
+    .await;
+}
