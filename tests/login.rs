@@ -67,13 +67,13 @@ async fn tokio_xmpp_client_logs_in_and_pings() {
     };
     assert_eq!(bound.to_bare().as_str(), "romeo@localhost");
     // tokio-xmpp prefers SCRAM-SHA-256-PLUS with tls-exporter when offered: the server log shows it.
-    let log = server.log();
-    assert!(
-        log.lines().any(|l| l.contains("authenticated")
+    let authenticated = |l: &str| {
+        l.contains("authenticated")
             && l.contains("SCRAM-SHA-256-PLUS")
-            && l.contains("romeo@localhost")),
-        "{log}"
-    );
+            && l.contains("romeo@localhost")
+    };
+    let log = server.log_with(authenticated).await;
+    assert!(log.lines().any(authenticated), "{log}");
     // A ping through the library's typed stanzas comes back as a result with the same id.
     let ping = xmpp_parsers::iq::Iq::from_get("ping-1", xmpp_parsers::ping::Ping)
         .with_to(jid::Jid::new("localhost").unwrap());

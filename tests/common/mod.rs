@@ -220,6 +220,19 @@ failure_delay_ms = {delay}
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The log once a line matches `line` (the log is read from the server's stderr by a thread, so
+    /// a line may arrive a little after the client saw the effect), or as it is after `WAIT`.
+    pub async fn log_with(&self, line: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if log.lines().any(&line) || Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         unsafe {
