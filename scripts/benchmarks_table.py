@@ -26,6 +26,10 @@ FIGURES = [
     ("open5-p99", "chat at 5,000 msg/s: latency p99 (ms)", lambda r: r["scenario"] == "chat" and r["mode"] == "open" and r["rate"] > 1000, "latency_ms_p99", False),
     ("offline", "offline: stored msg/s", lambda r: r["scenario"] == "offline", "stored_msg_per_s", True),
     ("drain", "offline: drain time (s)", lambda r: r["scenario"] == "offline", "drain_s", False),
+    ("muc", "MUC rooms × occupants: deliveries/s", lambda r: r["scenario"] == "muc" and r["rooms"] > 1, "msg_per_s", True),
+    ("muc-cpu", "MUC: server CPU per delivery (µs)", lambda r: r["scenario"] == "muc" and r["rooms"] > 1, "server_cpu_us_per_msg", False),
+    ("muc-p99", "MUC: latency p99 (ms)", lambda r: r["scenario"] == "muc" and r["rooms"] > 1, "latency_ms_p99", False),
+    ("muc-loss", "MUC: lost + duplicated + out of order", lambda r: r["scenario"] == "muc", None, False),
     ("idle", "memory per idle session (KiB), plain", lambda r: r["scenario"] == "idle" and not r["tls"], "kib_per_session", False),
     ("idle-tls", "memory per idle session (KiB), TLS", lambda r: r["scenario"] == "idle" and r["tls"], "kib_per_session", False),
 ]
@@ -72,3 +76,19 @@ print("\nScenario arguments:\n")
 for key, label, *_ in FIGURES:
     if key in args_of:
         print(f"- {label}: `rookery-bench {args_of[key]}`")
+
+scale = defaultdict(list)  # occupants -> [results], one room, Rookery only
+for row in rows:
+    result = row["result"]
+    if row["server"] == "rookery" and result["scenario"] == "muc" and result["rooms"] == 1:
+        scale[result["occupants"]].append(result)
+if scale:
+    print("\nRookery, one room, by room size (`rookery-bench muc --rooms 1 --occupants N --messages M --window 10`,")
+    print("window: messages in flight that some occupant has not seen yet):\n")
+    print("| occupants | deliveries/s | server CPU per delivery (µs) | latency p50 (ms) | latency p99 (ms) | lost + dup + reordered |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for occupants in sorted(scale):
+        runs = scale[occupants]
+        med = lambda k: statistics.median(r[k] for r in runs)
+        bad = sum(r["lost"] + r["duplicated"] + r["out_of_order"] for r in runs)
+        print(f"| {occupants:,} | {fmt(med('msg_per_s'))} | {fmt(med('server_cpu_us_per_msg'))} | {fmt(med('latency_ms_p50'))} | {fmt(med('latency_ms_p99'))} | {bad} |")

@@ -26,10 +26,14 @@ if [ -n "${QUICK:-}" ]; then
     LOGIN="--count 50 --concurrency 4"; IDLE="--sessions 200"
     CHAT="--pairs 20 --messages 100 --window 10"; OPEN="--pairs 20 --rate 500 --duration 3"; OPEN5="--pairs 20 --rate 2000 --duration 3"
     OFFLINE="--pairs 20 --messages 20"
+    MUC="--rooms 4 --occupants 10 --messages 50 --window 10"; SCALE="10:500 100:50"
 else
     LOGIN="--count 500 --concurrency 8"; IDLE="--sessions 2000"
     CHAT="--pairs 500 --messages 200 --window 10"; OPEN="--pairs 100 --rate 1000 --duration 10"; OPEN5="--pairs 100 --rate 5000 --duration 10"
     OFFLINE="--pairs 200 --messages 50"
+    MUC="--rooms 10 --occupants 50 --messages 400 --window 10"
+    # Rookery alone: one room of N occupants, M messages (N × M deliveries per run).
+    SCALE="10:10000 100:1000 1000:100"
 fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -73,6 +77,8 @@ allow = true
 # The iteration count the other servers use by default, so logins cost the same.
 scram_iterations = 4096
 failure_delay_ms = 0
+[muc]
+max_occupants = 1000
 EOF
     "$ROOT/target/release/rookery" serve --config "$dir/rookery.toml" >"$dir/log" 2>&1 &
     SERVER_PID=$!
@@ -107,6 +113,7 @@ modules_enabled = { "roster", "saslauth", "tls", "disco", "ping", "register", "o
 modules_disabled = { "limits", "s2s" }
 limits = { c2s = { rate = "1000mb/s" } }
 VirtualHost "localhost"
+Component "conference.localhost" "muc"
 EOF
     # Prosody offers STARTTLS only with a certificate for the host.
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
@@ -158,6 +165,12 @@ modules:
   mod_register:
     ip_access: all
     access: register
+  mod_muc:
+    access_create: all
+    max_users: 1000
+    history_size: 0
+    default_room_options:
+      max_users: 1000
 EOF
     openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
         -keyout "$dir/localhost.key" -out "$dir/localhost.crt" 2>/dev/null
@@ -206,6 +219,12 @@ for server in $SERVERS; do
     run "$server" chat $OPEN
     run "$server" chat $OPEN5
     run "$server" offline $OFFLINE
+    run "$server" muc $MUC
+    if [ "$server" = rookery ]; then
+        for size in $SCALE; do
+            run "$server" muc --rooms 1 --occupants "${size%:*}" --messages "${size#*:}" --window 10
+        done
+    fi
     kill "$SERVER_PID" 2>/dev/null || true
     sleep 1
     cleanup

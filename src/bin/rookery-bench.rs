@@ -7,7 +7,9 @@
 //! - `idle`: N sessions held, and the server's resident memory per session (from /proc, `--pid`);
 //! - `chat`: sender→receiver pairs, closed loop (`--window`) or open loop (`--rate`), with delivered
 //!   messages per second, latency percentiles, and lost / duplicated / out-of-order counts;
-//! - `offline`: messages stored for offline users, then drained, with rates and an exactly-once check.
+//! - `offline`: messages stored for offline users, then drained, with rates and an exactly-once check;
+//! - `muc`: rooms × occupants, one sender per room, closed loop: deliveries per second (every
+//!   occupant's copy, the sender's echo included), latency, and loss / duplicate / order counts.
 //!
 //! It parses as little as it can (byte scans for the few things it reads), so that it is not the
 //! bottleneck. `--smoke` shrinks every scenario to a second or so, for CI.
@@ -102,6 +104,23 @@ enum Scenario {
         pairs: usize,
         #[arg(long, default_value_t = 50)]
         messages: usize,
+    },
+    /// Group chat (XEP-0045): rooms × occupants, one sender per room, closed loop.
+    Muc {
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Occupants per room, the sender included.
+        #[arg(long, default_value_t = 50)]
+        occupants: usize,
+        /// Messages per room.
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Messages in flight per room (sent but not yet seen by every occupant).
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        /// The MUC service (default: conference.DOMAIN).
+        #[arg(long)]
+        service: Option<String>,
     },
 }
 
@@ -892,6 +911,244 @@ async fn offline(args: &Args, pairs: usize, messages: usize) -> Result<serde_jso
     Ok(value)
 }
 
+/// The read side of a room's occupant after joining, which counts the room's messages (the write
+/// side is kept apart: the sender's posts them).
+struct Occupant {
+    reader: tokio::io::ReadHalf<Box<dyn Io>>,
+    buf: Vec<u8>,
+}
+
+type StreamWriter = tokio::io::WriteHalf<Box<dyn Io>>;
+
+impl Conn {
+    /// Joins `room` as `nick` without history; the room's creator accepts the instant configuration
+    /// of a room the server created locked (status 201).
+    async fn join(&mut self, room: &str, nick: &str) -> Result<()> {
+        self.send(&format!(
+            "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
+        ))
+        .await?;
+        // The self-presence carries status 110, after every other occupant's presence.
+        let seen = self
+            .until_any(&[
+                b"code='110'",
+                b"code=\"110\"",
+                b"type='error'",
+                b"type=\"error\"",
+            ])
+            .await?;
+        if find(&seen, b"110").is_none() {
+            let rest = self.until(b"</presence>").await.unwrap_or_default();
+            return fail(format!(
+                "joining {room} as {nick} failed: {}{}",
+                String::from_utf8_lossy(&seen),
+                String::from_utf8_lossy(&rest)
+            ));
+        }
+        let rest = self.until(b"</presence>").await?;
+        let created = |text: &[u8]| {
+            find(text, b"code='201'").is_some() || find(text, b"code=\"201\"").is_some()
+        };
+        if created(&seen) || created(&rest) {
+            self.send(&format!(
+                "<iq type='set' id='instant' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            ))
+            .await?;
+            let reply = self
+                .until_any(&[b"id='instant'", b"id=\"instant\""])
+                .await?;
+            let reply = [reply, self.until(b">").await?].concat();
+            if find(&reply, b"error").is_some() {
+                return fail(format!(
+                    "configuring {room} failed: {}",
+                    String::from_utf8_lossy(&reply)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn into_occupant(self) -> (Occupant, StreamWriter) {
+        let (reader, writer) = tokio::io::split(self.io);
+        (
+            Occupant {
+                reader,
+                buf: self.buf,
+            },
+            writer,
+        )
+    }
+}
+
+/// Reads one occupant's stream until `expected` room messages arrived (or nothing comes for 10 s),
+/// publishing the count for the room's sender.
+async fn count_room_messages(
+    mut occupant: Occupant,
+    expected: u64,
+    received: Arc<AtomicU64>,
+    progress: Arc<tokio::sync::Notify>,
+    epoch: Instant,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut next = 0;
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        for (seq, nanos) in take_messages(&mut occupant.buf) {
+            record(&mut seen, &mut next, seq, nanos, epoch);
+        }
+        received.store(seen.received, Ordering::Release);
+        progress.notify_one();
+        if seen.received >= expected {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), occupant.reader.read(&mut chunk)).await
+        {
+            Ok(Ok(n)) if n > 0 => occupant.buf.extend_from_slice(&chunk[..n]),
+            _ => break, // closed or silent: count the rest as lost
+        }
+    }
+    // The sender must not wait for an occupant that stopped reading.
+    received.store(u64::MAX, Ordering::Release);
+    progress.notify_one();
+    seen
+}
+
+async fn muc(
+    args: &Args,
+    rooms: usize,
+    occupants: usize,
+    messages: usize,
+    window: usize,
+    service: Option<String>,
+) -> Result<serde_json::Value> {
+    let occupants = occupants.max(1);
+    let service = service.unwrap_or_else(|| format!("conference.{}", args.domain));
+    let user = |room: usize, k: usize| format!("{}-m{room}-{k}", args.prefix);
+    let users: Vec<String> = (0..rooms)
+        .flat_map(|r| (0..occupants).map(move |k| (r, k)))
+        .map(|(r, k)| user(r, k))
+        .collect();
+    register_all(args, &users).await?;
+    let room_jid = |room: usize| format!("{}-room{room}@{service}", args.prefix);
+
+    // Join: each room's creator first (it may have to configure the room), then the others, a few
+    // at a time; every occupant starts reading as soon as it is in, so that the presence broadcast
+    // of later joins never backs up.
+    let epoch = Instant::now();
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    let mut senders = Vec::new();
+    let mut counters = Vec::new();
+    for r in 0..rooms {
+        let received: Vec<Arc<AtomicU64>> = (0..occupants)
+            .map(|_| Arc::new(AtomicU64::new(0)))
+            .collect();
+        let progress = Arc::new(tokio::sync::Notify::new());
+        let mut creator = Conn::session(args, r * occupants, &user(r, 0), "m", false).await?;
+        creator.join(&room_jid(r), "n0").await?;
+        let (occupant, writer) = creator.into_occupant();
+        senders.push((writer, received.clone(), progress.clone()));
+        readers.push(tokio::spawn(count_room_messages(
+            occupant,
+            messages as u64,
+            received[0].clone(),
+            progress.clone(),
+            epoch,
+        )));
+        counters.push((received, progress));
+    }
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut joins = Vec::new();
+    for (r, (received, progress)) in counters.iter().enumerate() {
+        for k in 1..occupants {
+            let permit = semaphore.clone().acquire_owned().await?;
+            let (args, user, room) = (args.clone(), user(r, k), room_jid(r));
+            let (received, progress) = (received[k].clone(), progress.clone());
+            joins.push(tokio::spawn(async move {
+                let mut conn = Conn::session(&args, r * occupants + k, &user, "m", false).await?;
+                conn.join(&room, &format!("n{k}")).await?;
+                drop(permit);
+                let (occupant, writer) = conn.into_occupant();
+                let reading = tokio::spawn(count_room_messages(
+                    occupant,
+                    messages as u64,
+                    received,
+                    progress,
+                    epoch,
+                ));
+                Ok::<_, Error>((reading, writer))
+            }));
+        }
+    }
+    for join in joins {
+        let (reading, writer) = join.await??;
+        readers.push(reading);
+        writers.push(writer);
+    }
+
+    // Send: each room's sender keeps at most `window` messages that some occupant has not seen.
+    let (_, cpu_before) = proc_stats(args.pid);
+    let started = Instant::now();
+    let mut sending = Vec::new();
+    for (r, (mut writer, received, progress)) in senders.into_iter().enumerate() {
+        let room = room_jid(r);
+        sending.push(tokio::spawn(async move {
+            let mut out = String::new();
+            let mut seq = 0;
+            while seq < messages {
+                let batch = loop {
+                    let slowest = received
+                        .iter()
+                        .map(|c| c.load(Ordering::Acquire))
+                        .min()
+                        .unwrap_or(u64::MAX);
+                    let in_flight = (seq as u64).saturating_sub(slowest);
+                    if in_flight < window as u64 {
+                        break (window as u64 - in_flight) as usize;
+                    }
+                    progress.notified().await;
+                };
+                let nanos = epoch.elapsed().as_nanos() as u64;
+                out.clear();
+                for _ in 0..batch.min(messages - seq) {
+                    out.push_str(&format!(
+                        "<message to='{room}' type='groupchat'><body>{seq} {nanos}</body></message>"
+                    ));
+                    seq += 1;
+                }
+                writer.write_all(out.as_bytes()).await?;
+            }
+            Ok::<_, Error>(writer)
+        }));
+    }
+    for task in sending {
+        writers.push(task.await??);
+    }
+    let mut seen = Vec::new();
+    for task in readers {
+        seen.push(task.await?);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (_, cpu_after) = proc_stats(args.pid);
+    let mut value = summary(
+        args,
+        "muc",
+        seen,
+        (rooms * occupants * messages) as u64,
+        wall,
+        cpu_after - cpu_before,
+    );
+    value["rooms"] = rooms.into();
+    value["occupants"] = occupants.into();
+    value["window"] = window.into();
+    value["messages_per_room"] = messages.into();
+    for mut writer in writers {
+        let _ = writer.write_all(b"</stream:stream>").await;
+        let _ = writer.shutdown().await;
+    }
+    Ok(value)
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -932,6 +1189,19 @@ async fn main() -> std::process::ExitCode {
                 (pairs, messages)
             };
             offline(&args, pairs, messages).await
+        }
+        Scenario::Muc {
+            rooms,
+            occupants,
+            messages,
+            window,
+            service,
+        } => {
+            if args.smoke {
+                muc(&args, 2, 4, 30, 5, service).await
+            } else {
+                muc(&args, rooms, occupants, messages, window, service).await
+            }
         }
     };
     match result {
