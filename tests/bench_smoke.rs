@@ -82,6 +82,12 @@ fn every_scenario_runs_and_accounts_for_every_message() {
         offline["stored_msg_per_s"].as_f64().unwrap_or(0.0) > 0.0,
         "{offline}"
     );
+
+    let muc = bench(&server, &["muc"], false);
+    assert_eq!(muc["occupants"], 4, "{muc}");
+    // Every occupant's copy counts, the sender's echo included: 2 rooms × 4 occupants × 30.
+    assert_eq!(muc["expected"], 240, "{muc}");
+    assert_every_message_once(&muc);
 }
 
 #[test]
