@@ -37,6 +37,8 @@ pub struct ServerState {
     pub offline_claims: crate::modules::offline::Claims,
     /// The group chat service (XEP-0045) at `[muc] domain`.
     pub muc: crate::modules::muc::Service,
+    /// Users' blocklists (XEP-0191), kept in memory once read.
+    pub blocklists: crate::modules::blocking::Blocklists,
     pub started: Instant,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -45,9 +47,10 @@ pub struct ServerState {
 
 impl ServerState {
     /// After an account was deleted: its sessions end with `<not-authorized/>`, and its recent
-    /// activity is forgotten so that it is not written back under the deleted name.
+    /// activity and cached blocklist are forgotten (neither must outlive it).
     pub fn account_removed(&self, jid: &jid::BareJid) {
         self.activity.forget(jid);
+        self.blocklists.forget(jid);
         self.router.close_account(
             jid,
             crate::router::Closing::Error(StreamError::with_text(
@@ -108,6 +111,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         offline_gate: Default::default(),
         offline_claims: Default::default(),
         muc: crate::modules::muc::Service::new(config.muc_domain(), config.muc.max_occupants),
+        blocklists: Default::default(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),

@@ -2,6 +2,9 @@
 //! blocked entity reaches the user (presence silently, messages and iq requests with an error), and
 //! nothing from the user reaches it (`<not-acceptable/>` with `<blocked/>`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
+
 use bytes::Bytes;
 use jid::{BareJid, Jid};
 use minidom::Element;
@@ -42,26 +45,33 @@ impl Blocklist {
         self.0.is_empty()
     }
 
-    pub fn load(state: &ServerState, user: &BareJid) -> Result<Blocklist, StoreError> {
+    /// The user's list, from memory when it was loaded or saved before.
+    pub fn load(state: &ServerState, user: &BareJid) -> Result<Arc<Blocklist>, StoreError> {
+        if let Some(list) = state.blocklists.get(user) {
+            return Ok(list);
+        }
         let raw = state
             .stores
             .values
             .get_value(user, KEY)?
             .unwrap_or_default();
         let text = String::from_utf8_lossy(&raw);
-        Ok(Blocklist(
+        let list = Blocklist(
             text.lines()
                 .filter(|l| !l.is_empty())
                 .map(String::from)
                 .collect(),
-        ))
+        );
+        Ok(state.blocklists.loaded(user, list))
     }
 
-    fn save(&self, state: &ServerState, user: &BareJid) -> Result<(), StoreError> {
+    fn save(self, state: &ServerState, user: &BareJid) -> Result<(), StoreError> {
         state
             .stores
             .values
-            .set_value(user, KEY, self.0.join("\n").as_bytes())
+            .set_value(user, KEY, self.0.join("\n").as_bytes())?;
+        state.blocklists.saved(user, self);
+        Ok(())
     }
 
     /// XEP-0191 §6 matching: the full JID, the bare JID, the domain with that resource, the domain.
@@ -113,6 +123,50 @@ fn items_of(el: &Element) -> Result<Vec<String>, StanzaError> {
         .collect()
 }
 
+/// Every local user's blocklist once it was needed: it is checked for every message, both ways,
+/// and reading it from the store each time was one of the largest costs of routing a message.
+/// Users without a list share one empty list. Entries go when the account is removed.
+#[derive(Default)]
+pub struct Blocklists(RwLock<HashMap<BareJid, Arc<Blocklist>>>);
+
+static EMPTY: LazyLock<Arc<Blocklist>> = LazyLock::new(Default::default);
+
+impl Blocklists {
+    fn get(&self, user: &BareJid) -> Option<Arc<Blocklist>> {
+        self.0.read().ok()?.get(user).cloned()
+    }
+
+    /// A list read from the store; one saved meanwhile wins (it is newer than what was read).
+    fn loaded(&self, user: &BareJid, list: Blocklist) -> Arc<Blocklist> {
+        let list = Self::shared(list);
+        match self.0.write() {
+            Ok(mut map) => map.entry(user.clone()).or_insert(list).clone(),
+            Err(_) => list,
+        }
+    }
+
+    fn saved(&self, user: &BareJid, list: Blocklist) {
+        if let Ok(mut map) = self.0.write() {
+            map.insert(user.clone(), Self::shared(list));
+        }
+    }
+
+    fn shared(list: Blocklist) -> Arc<Blocklist> {
+        if list.is_empty() {
+            EMPTY.clone()
+        } else {
+            Arc::new(list)
+        }
+    }
+
+    /// The account is gone (a new account of the same name starts without a list).
+    pub fn forget(&self, user: &BareJid) {
+        if let Ok(mut map) = self.0.write() {
+            map.remove(user);
+        }
+    }
+}
+
 fn list_element(name: &str, jids: &[String]) -> Element {
     let mut el = Element::bare(name, ns::BLOCKING);
     for jid in jids {
@@ -127,7 +181,7 @@ fn list_element(name: &str, jids: &[String]) -> Element {
 pub async fn handle(ctx: &SessionCtx, set: bool, payload: &Element) -> IqResult {
     let user = ctx.jid.to_bare();
     let state = &ctx.state;
-    let mut list = Blocklist::load(state, &user)?;
+    let mut list = Blocklist::clone(&*Blocklist::load(state, &user)?);
     match (set, payload.name()) {
         (false, "blocklist") => {
             ctx.handle.presence.set_blocklist_interested();

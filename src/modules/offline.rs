@@ -103,8 +103,11 @@ pub fn keep_in_flight(
     let stored = if has_our_delay(state, message) {
         serialized.to_vec()
     } else if let Some(body) = serialized.strip_suffix(END) {
-        let delay = xml::serialize(&delay(state));
-        [body, &delay, END].concat()
+        let mut stored = Vec::with_capacity(serialized.len() + 128);
+        stored.extend_from_slice(body);
+        write_delay(&mut stored, &state.domain);
+        stored.extend_from_slice(END);
+        stored
     } else {
         xml::serialize(&stamped(state, message))
     };
@@ -126,6 +129,37 @@ fn delay(state: &ServerState) -> Element {
     set_attr(&mut delay, "stamp", &now_stamp());
     delay.append_text("Offline storage");
     delay
+}
+
+/// Appends our serialized delay stamp for now: the same as serializing `delay`, without building
+/// an element or formatting a date per message (this runs for every message). The text up to the
+/// second is kept per thread; only the milliseconds are written each time.
+fn write_delay(out: &mut Vec<u8>, domain: &str) {
+    use std::cell::RefCell;
+    use std::io::Write;
+    thread_local! {
+        /// (second, domain, `<delay … stamp='YYYY-MM-DDTHH:MM:SS`) of the last stamp written.
+        static START: RefCell<(i64, String, Vec<u8>)> = const { RefCell::new((i64::MIN, String::new(), Vec::new())) };
+    }
+    let now = chrono::Utc::now();
+    START.with_borrow_mut(|(second, cached_domain, start)| {
+        if *second != now.timestamp() || cached_domain != domain {
+            *second = now.timestamp();
+            *cached_domain = domain.to_string();
+            start.clear();
+            let _ = write!(
+                start,
+                "<delay xmlns='{}' from='{}' stamp='{}",
+                ns::DELAY,
+                xml::escape(domain),
+                now.format("%Y-%m-%dT%H:%M:%S")
+            );
+        }
+        out.extend_from_slice(start);
+    });
+    // A leap second shows as 1,000 ms and more: the stamp stays well-formed.
+    let millis = now.timestamp_subsec_millis().min(999);
+    let _ = write!(out, ".{millis:03}Z'>Offline storage</delay>");
 }
 
 /// The message with our delay stamp (unless it has one of ours).
@@ -334,6 +368,28 @@ pub fn now_stamp() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_delay_is_the_delay_element() {
+        let mut out = Vec::new();
+        write_delay(&mut out, "example.org");
+        let written: Element = std::str::from_utf8(&out).unwrap().parse().unwrap();
+        assert!(written.is("delay", ns::DELAY));
+        assert_eq!(written.attr("from"), Some("example.org"));
+        assert_eq!(written.text(), "Offline storage");
+        let stamp = written.attr("stamp").unwrap();
+        assert_eq!(stamp.len(), now_stamp().len(), "{stamp}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
+            "{stamp}"
+        );
+        // The cached start follows the domain.
+        let mut other = Vec::new();
+        write_delay(&mut other, "other.example");
+        assert!(std::str::from_utf8(&other)
+            .unwrap()
+            .contains("from='other.example'"));
+    }
 
     fn el(xml: &str) -> Element {
         xml.parse().unwrap()
