@@ -190,6 +190,19 @@ EOF
     SERVER_PID=$(pgrep -f "beam.*$dir" | head -1)
 }
 
+# Stops the server and waits until it has exited (a server that is still flushing would hold its
+# data and port when the next one starts).
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 150); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    cleanup
+    PIDS=()
+    sleep 1
+}
+
 # --- the runs ---------------------------------------------------------------------------------------
 
 run() { # server scenario args...  (RUNS times)
@@ -225,10 +238,7 @@ for server in $SERVERS; do
             run "$server" muc --rooms 1 --occupants "${size%:*}" --messages "${size#*:}" --window 10
         done
     fi
-    kill "$SERVER_PID" 2>/dev/null || true
-    sleep 1
-    cleanup
-    PIDS=()
+    stop_server
     # Memory per idle session: each run on a fresh server (memory a server freed stays resident, so
     # a second run on the same process would measure nothing), with the accounts registered by an
     # earlier process (registration hashes passwords, which says nothing about sessions).
@@ -237,10 +247,7 @@ for server in $SERVERS; do
             local_prefix="idle$run$RANDOM"
             if ! "start_$server"; then echo "$server did not start for an idle run" >&2; cleanup; PIDS=(); continue; fi
             "$BENCH" --server "127.0.0.1:$PORT" --register --prefix "$local_prefix" --mech "$MECH" idle $IDLE >/dev/null 2>"$WORK/err" || cat "$WORK/err" >&2
-            kill "$SERVER_PID" 2>/dev/null || true
-            sleep 2
-            cleanup
-            PIDS=()
+            stop_server
             if ! "start_$server"; then echo "$server did not restart for an idle run" >&2; cleanup; PIDS=(); continue; fi
             sleep 2
             if out=$("$BENCH" --server "127.0.0.1:$PORT" --prefix "$local_prefix" --mech "$MECH" --pid "$SERVER_PID" $tls idle $IDLE 2>"$WORK/err"); then
@@ -248,10 +255,7 @@ for server in $SERVERS; do
             else
                 echo "$server $tls idle: $(cat "$WORK/err")" >&2
             fi
-            kill "$SERVER_PID" 2>/dev/null || true
-            sleep 2
-            cleanup
-            PIDS=()
+            stop_server
         done
     done
 done
