@@ -180,6 +180,14 @@ pub trait KeyValueStore: Send + Sync {
     fn delete_values(&self, user: &BareJid) -> Result<(), StoreError>;
 }
 
+/// Persistent group chat rooms (XEP-0045): one document per room (its configuration, affiliations
+/// and subject, as the MUC module encodes them), keyed by the room's bare JID.
+pub trait RoomStore: Send + Sync {
+    fn rooms(&self) -> Result<Vec<(BareJid, Vec<u8>)>, StoreError>;
+    fn put_room(&self, room: &BareJid, doc: &[u8]) -> Result<(), StoreError>;
+    fn delete_room(&self, room: &BareJid) -> Result<(), StoreError>;
+}
+
 /// Making accepted writes durable. Blocking: call through `Stores::flush`.
 pub trait Durability: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
@@ -194,6 +202,7 @@ pub struct Stores {
     pub offline: Arc<staged::StagedOffline>,
     pub activity: Arc<dyn ActivityStore>,
     pub values: Arc<dyn KeyValueStore>,
+    pub rooms: Arc<dyn RoomStore>,
     durability: Arc<dyn Durability>,
     commit: Arc<GroupCommit>,
 }
@@ -219,6 +228,7 @@ impl Stores {
             offline: Arc::new(staged::StagedOffline::new(backend.clone())),
             activity: backend.clone(),
             values: backend.clone(),
+            rooms: backend.clone(),
             durability: backend,
             commit: Arc::default(),
         })

@@ -9,14 +9,15 @@
 //!   stanza as sent. Ids grow, so a prefix scan returns a user's messages in arrival order.
 //! - `activity`: `<user>` → `[1]` + Unix seconds (u64 big-endian) + status text (UTF-8).
 //! - `values`: `<user>\0<key>` → `[1]` + the document (vCard, private XML, blocklist).
+//! - `rooms`: `<room>@<service>` → `[1]` + the room's document (JSON, see `modules::muc::stored`).
 
 use std::path::Path;
 
 use jid::BareJid;
 
 use super::{
-    AccountStore, ActivityStore, Durability, KeyValueStore, OfflineStore, RosterItem, RosterStore,
-    StoreError, StoredCredentials,
+    AccountStore, ActivityStore, Durability, KeyValueStore, OfflineStore, RoomStore, RosterItem,
+    RosterStore, StoreError, StoredCredentials,
 };
 
 /// The schema this build reads and writes.
@@ -30,6 +31,7 @@ pub struct SledBackend {
     offline: sled::Tree,
     activity: sled::Tree,
     values: sled::Tree,
+    rooms: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -83,6 +85,7 @@ impl SledBackend {
         let offline = db.open_tree("offline").map_err(backend)?;
         let activity = db.open_tree("activity").map_err(backend)?;
         let values = db.open_tree("values").map_err(backend)?;
+        let rooms = db.open_tree("rooms").map_err(backend)?;
         Ok(SledBackend {
             db,
             accounts,
@@ -90,6 +93,7 @@ impl SledBackend {
             offline,
             activity,
             values,
+            rooms,
         })
     }
 }
@@ -435,6 +439,43 @@ impl KeyValueStore for SledBackend {
 
     fn delete_values(&self, user: &BareJid) -> Result<(), StoreError> {
         Self::delete_prefix(&self.values, &user_prefix(user))
+    }
+}
+
+impl RoomStore for SledBackend {
+    fn rooms(&self) -> Result<Vec<(BareJid, Vec<u8>)>, StoreError> {
+        let mut rooms = Vec::new();
+        for item in self.rooms.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let corrupt = || StoreError::Corrupt {
+                key: format!("rooms/{name}"),
+                message: "not a room JID and a versioned document".into(),
+            };
+            let jid = BareJid::new(&name).map_err(|_| corrupt())?;
+            match value.split_first() {
+                Some((&VALUE_VERSION, doc)) => rooms.push((jid, doc.to_vec())),
+                _ => return Err(corrupt()),
+            }
+        }
+        Ok(rooms)
+    }
+
+    fn put_room(&self, room: &BareJid, doc: &[u8]) -> Result<(), StoreError> {
+        let mut v = Vec::with_capacity(doc.len() + 1);
+        v.push(VALUE_VERSION);
+        v.extend_from_slice(doc);
+        self.rooms
+            .insert(room.as_str().as_bytes(), v)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete_room(&self, room: &BareJid) -> Result<(), StoreError> {
+        self.rooms
+            .remove(room.as_str().as_bytes())
+            .map_err(backend)?;
+        Ok(())
     }
 }
 
