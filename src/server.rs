@@ -100,6 +100,14 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
     let stores = Stores::open_sled(&config.server.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let accounts = Accounts::new(stores.clone(), domain.clone(), config.auth.clone());
 
+    let muc = crate::modules::muc::Service::new(config.muc_domain(), config.muc.max_occupants);
+    let rooms = muc
+        .load(&stores)
+        .map_err(|e| anyhow::anyhow!("cannot load the group chat rooms: {e}"))?;
+    if rooms > 0 {
+        tracing::info!(rooms, service = %muc.domain, "persistent group chat rooms loaded");
+    }
+
     let state = Arc::new(ServerState {
         domain: domain.clone(),
         stores,
@@ -110,7 +118,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         activity: crate::modules::activity::Activity::new(),
         offline_gate: Default::default(),
         offline_claims: Default::default(),
-        muc: crate::modules::muc::Service::new(config.muc_domain(), config.muc.max_occupants),
+        muc,
         blocklists: Default::default(),
         started: Instant::now(),
         shutdown: shutdown.clone(),

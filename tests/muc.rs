@@ -591,3 +591,627 @@ async fn a_second_session_under_the_same_nick_joins_the_same_occupant() {
     })
     .await;
 }
+
+const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+
+/// A muc#admin set of one item; returns the reply.
+async fn admin(c: &mut Client, room: &str, item: &str) -> Element {
+    c.iq(
+        "set",
+        Some(room),
+        &format!("<query xmlns='{MUC_ADMIN}'>{item}</query>"),
+    )
+    .await
+}
+
+/// The JIDs of a muc#admin affiliation list, or the error condition.
+async fn affiliation_list(
+    c: &mut Client,
+    room: &str,
+    affiliation: &str,
+) -> Result<Vec<String>, String> {
+    let reply = c
+        .iq(
+            "get",
+            Some(room),
+            &format!("<query xmlns='{MUC_ADMIN}'><item affiliation='{affiliation}'/></query>"),
+        )
+        .await;
+    if reply.attr("type") != Some("result") {
+        return Err(error_condition(&reply).unwrap_or_default());
+    }
+    Ok(reply
+        .get_child("query", MUC_ADMIN)
+        .map(|q| {
+            q.children()
+                .filter_map(|i| i.attr("jid").map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Waits for the unavailable presence of `room/nick` that carries `code`.
+async fn gone_with(c: &mut Client, room: &str, nick: &str, code: &str) -> Element {
+    let from = format!("{room}/{nick}");
+    c.wait(&format!("{nick} gone with {code}"), |el| {
+        presence_from(el, &from)
+            && el.attr("type") == Some("unavailable")
+            && codes(el).contains(&code.to_string())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn persistent_rooms_keep_configuration_affiliations_and_subject_across_a_restart() {
+    let server = server_with_users(&["alice", "bob", "carol", "dave"], PASSWORD);
+    let mut c = clients(&server, &["alice"]).await;
+    let club = room("club");
+    create(&mut c[0], &club, "Alice").await;
+    let done = configure(
+        &mut c[0],
+        &club,
+        &[
+            ("muc#roomconfig_persistentroom", "1"),
+            ("muc#roomconfig_membersonly", "1"),
+            ("muc#roomconfig_roomname", "The Club"),
+        ],
+    )
+    .await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    let member = admin(
+        &mut c[0],
+        &club,
+        "<item affiliation='member' jid='bob@localhost'/>",
+    )
+    .await;
+    assert_eq!(member.attr("type"), Some("result"), "{}", xml(&member));
+    let ban = admin(
+        &mut c[0],
+        &club,
+        "<item affiliation='outcast' jid='carol@localhost'/>",
+    )
+    .await;
+    assert_eq!(ban.attr("type"), Some("result"), "{}", xml(&ban));
+    c[0].send(&format!(
+        "<message to='{club}' type='groupchat'><subject>Members only</subject></message>"
+    ))
+    .await;
+    c[0].wait("subject echo", |el| {
+        el.get_child("subject", "jabber:client").is_some()
+    })
+    .await;
+    // A temporary room does not survive.
+    let temp = room("temp");
+    create(&mut c[0], &temp, "Alice").await;
+    drop(c);
+
+    let server = TestServer::restart(server);
+    let mut c = clients(&server, &["alice", "bob", "carol", "dave"]).await;
+    let items = c[0]
+        .iq(
+            "get",
+            Some(SERVICE),
+            &format!("<query xmlns='{DISCO_ITEMS}'/>"),
+        )
+        .await;
+    let listed: Vec<(String, String)> = items
+        .get_child("query", DISCO_ITEMS)
+        .map(|q| {
+            q.children()
+                .map(|i| {
+                    (
+                        i.attr("jid").unwrap_or("").into(),
+                        i.attr("name").unwrap_or("").into(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        listed,
+        vec![(club.clone(), "The Club".to_string())],
+        "{}",
+        xml(&items)
+    );
+    let info = c[0]
+        .iq(
+            "get",
+            Some(&club),
+            &format!("<query xmlns='{DISCO_INFO}'/>"),
+        )
+        .await;
+    let text = xml(&info);
+    assert!(
+        text.contains("muc_persistent") && text.contains("muc_membersonly"),
+        "{text}"
+    );
+
+    // The member enters (no new room: no 201) and gets the subject; the outcast and a stranger do not.
+    send_join(&mut c[1], &club, "Bob", None).await;
+    let me = c[1]
+        .wait("Bob in", |el| {
+            presence_from(el, &format!("{club}/Bob")) && codes(el).contains(&"110".to_string())
+        })
+        .await;
+    assert!(!codes(&me).contains(&"201".to_string()), "{}", xml(&me));
+    assert_eq!(item(&me).0, "member");
+    let subject = c[1]
+        .wait("subject", |el| {
+            el.get_child("subject", "jabber:client").is_some()
+        })
+        .await;
+    assert_eq!(
+        subject
+            .get_child("subject", "jabber:client")
+            .map(|s| s.text())
+            .as_deref(),
+        Some("Members only")
+    );
+    send_join(&mut c[2], &club, "Carol", None).await;
+    let banned = join_error(&mut c[2], "outcast refused").await;
+    assert_eq!(error_condition(&banned).as_deref(), Some("forbidden"));
+    send_join(&mut c[3], &club, "Dave", None).await;
+    let stranger = join_error(&mut c[3], "non-member refused").await;
+    assert_eq!(
+        error_condition(&stranger).as_deref(),
+        Some("registration-required")
+    );
+    assert_eq!(
+        affiliation_list(&mut c[0], &club, "member").await,
+        Ok(vec!["bob@localhost".to_string()])
+    );
+    // The owner is still the owner: configuring works.
+    let renamed = configure(&mut c[0], &club, &[("muc#roomconfig_roomname", "Club")]).await;
+    assert_eq!(renamed.attr("type"), Some("result"), "{}", xml(&renamed));
+    // The temporary room is gone: entering it creates a new one.
+    let me = join(&mut c[0], &temp, "Alice").await;
+    assert!(codes(&me).contains(&"201".to_string()), "{}", xml(&me));
+}
+
+#[tokio::test]
+async fn moderators_kick_and_give_voice_admins_ban_and_rights_are_checked() {
+    let server = server_with_users(&["alice", "bob", "carol"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob", "carol"]).await;
+    let r = room("rules");
+    create(&mut c[0], &r, "Alice").await;
+    configure(&mut c[0], &r, &[("muc#roomconfig_moderatedroom", "1")]).await;
+    let bob = join(&mut c[1], &r, "Bob").await;
+    assert_eq!(item(&bob).1, "visitor");
+    // A visitor may not speak; a moderator gives voice, and everyone sees the new role.
+    c[1].send(&format!(
+        "<message to='{r}' type='groupchat' id='v1'><body>hi</body></message>"
+    ))
+    .await;
+    let mute = c[1]
+        .wait("visitor refused", |el| {
+            el.attr("id") == Some("v1") && el.attr("type") == Some("error")
+        })
+        .await;
+    assert_eq!(error_condition(&mute).as_deref(), Some("forbidden"));
+    let voice = admin(&mut c[0], &r, "<item nick='Bob' role='participant'/>").await;
+    assert_eq!(voice.attr("type"), Some("result"), "{}", xml(&voice));
+    let seen = c[1]
+        .wait("own role change", |el| {
+            presence_from(el, &format!("{r}/Bob")) && item(el).1 == "participant"
+        })
+        .await;
+    assert_eq!(item(&seen).0, "none");
+    c[1].send(&format!(
+        "<message to='{r}' type='groupchat'><body>thanks</body></message>"
+    ))
+    .await;
+    c[0].wait("Bob speaks", |el| body(el).as_deref() == Some("thanks"))
+        .await;
+
+    // A participant is no moderator: no kicking. Nobody kicks an owner.
+    let denied = admin(&mut c[1], &r, "<item nick='Alice' role='none'/>").await;
+    assert_eq!(error_condition(&denied).as_deref(), Some("forbidden"));
+    let unknown = admin(&mut c[0], &r, "<item nick='Nobody' role='none'/>").await;
+    assert_eq!(error_condition(&unknown).as_deref(), Some("item-not-found"));
+
+    // A kick: the occupant leaves with 307 and the reason, the others see it.
+    join(&mut c[2], &r, "Carol").await;
+    let kick = admin(
+        &mut c[0],
+        &r,
+        "<item nick='Carol' role='none'><reason>too loud</reason></item>",
+    )
+    .await;
+    assert_eq!(kick.attr("type"), Some("result"), "{}", xml(&kick));
+    let own = gone_with(&mut c[2], &r, "Carol", "307").await;
+    assert!(codes(&own).contains(&"110".to_string()), "{}", xml(&own));
+    assert!(xml(&own).contains("too loud"), "{}", xml(&own));
+    gone_with(&mut c[1], &r, "Carol", "307").await;
+
+    // A ban (by JID): out with 301 if present, refused on entering, on the ban list.
+    join(&mut c[2], &r, "Carol").await;
+    let ban = admin(
+        &mut c[0],
+        &r,
+        "<item affiliation='outcast' jid='carol@localhost'/>",
+    )
+    .await;
+    assert_eq!(ban.attr("type"), Some("result"), "{}", xml(&ban));
+    gone_with(&mut c[2], &r, "Carol", "301").await;
+    gone_with(&mut c[1], &r, "Carol", "301").await;
+    send_join(&mut c[2], &r, "Carol", None).await;
+    let refused = join_error(&mut c[2], "banned").await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
+    assert_eq!(
+        affiliation_list(&mut c[0], &r, "outcast").await,
+        Ok(vec!["carol@localhost".to_string()])
+    );
+    assert_eq!(
+        affiliation_list(&mut c[1], &r, "outcast").await,
+        Err("forbidden".to_string())
+    );
+
+    // Admins are made by owners only; an admin cannot touch the owner; the last owner stays.
+    let by_participant = admin(
+        &mut c[1],
+        &r,
+        "<item affiliation='admin' jid='bob@localhost'/>",
+    )
+    .await;
+    assert_eq!(
+        error_condition(&by_participant).as_deref(),
+        Some("forbidden")
+    );
+    let made = admin(
+        &mut c[0],
+        &r,
+        "<item affiliation='admin' jid='bob@localhost'/>",
+    )
+    .await;
+    assert_eq!(made.attr("type"), Some("result"), "{}", xml(&made));
+    let promoted = c[1]
+        .wait("Bob is admin", |el| {
+            presence_from(el, &format!("{r}/Bob")) && item(el).0 == "admin"
+        })
+        .await;
+    assert_eq!(item(&promoted).1, "moderator");
+    let against_owner = admin(
+        &mut c[1],
+        &r,
+        "<item affiliation='outcast' jid='alice@localhost'/>",
+    )
+    .await;
+    assert_eq!(
+        error_condition(&against_owner).as_deref(),
+        Some("forbidden")
+    );
+    let last_owner = admin(
+        &mut c[0],
+        &r,
+        "<item affiliation='member' jid='alice@localhost'/>",
+    )
+    .await;
+    assert_eq!(error_condition(&last_owner).as_deref(), Some("conflict"));
+    // Bad items.
+    let bad = admin(
+        &mut c[0],
+        &r,
+        "<item affiliation='king' jid='bob@localhost'/>",
+    )
+    .await;
+    assert_eq!(error_condition(&bad).as_deref(), Some("bad-request"));
+    let bad_jid = admin(&mut c[0], &r, "<item affiliation='member' jid='@@'/>").await;
+    assert_eq!(error_condition(&bad_jid).as_deref(), Some("jid-malformed"));
+}
+
+#[tokio::test]
+async fn an_occupant_changes_nick_with_status_303() {
+    let server = server_with_users(&["alice", "bob"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob"]).await;
+    let r = room("names");
+    create(&mut c[0], &r, "Alice").await;
+    join(&mut c[1], &r, "Bob").await;
+    c[1].send(&format!("<presence to='{r}/Alice'/>")).await;
+    let taken = join_error(&mut c[1], "nick taken").await;
+    assert_eq!(error_condition(&taken).as_deref(), Some("conflict"));
+
+    c[1].send(&format!("<presence to='{r}/Robert'/>")).await;
+    let old = gone_with(&mut c[0], &r, "Bob", "303").await;
+    let item_el = old
+        .get_child("x", MUC_USER)
+        .and_then(|x| x.get_child("item", MUC_USER))
+        .map(|i| i.attr("nick").map(String::from));
+    assert_eq!(item_el, Some(Some("Robert".to_string())), "{}", xml(&old));
+    c[0].wait("Robert arrives", |el| {
+        presence_from(el, &format!("{r}/Robert")) && el.attr("type").is_none()
+    })
+    .await;
+    let own = gone_with(&mut c[1], &r, "Bob", "303").await;
+    assert!(codes(&own).contains(&"110".to_string()), "{}", xml(&own));
+    c[1].wait("own new presence", |el| {
+        presence_from(el, &format!("{r}/Robert")) && codes(el).contains(&"110".to_string())
+    })
+    .await;
+    // Messages now come from the new nick, and private messages reach it.
+    c[1].send(&format!(
+        "<message to='{r}' type='groupchat'><body>renamed</body></message>"
+    ))
+    .await;
+    let said = c[0]
+        .wait("message", |el| body(el).as_deref() == Some("renamed"))
+        .await;
+    assert_eq!(said.attr("from"), Some(format!("{r}/Robert").as_str()));
+    c[0].send(&format!(
+        "<message to='{r}/Robert' type='chat'><body>psst</body></message>"
+    ))
+    .await;
+    let private = c[1]
+        .wait("private", |el| body(el).as_deref() == Some("psst"))
+        .await;
+    assert_eq!(private.attr("from"), Some(format!("{r}/Alice").as_str()));
+}
+
+#[tokio::test]
+async fn the_owner_destroys_a_room_and_its_occupants_are_told_why() {
+    let server = server_with_users(&["alice", "bob"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob"]).await;
+    let r = room("doomed");
+    create(&mut c[0], &r, "Alice").await;
+    configure(&mut c[0], &r, &[("muc#roomconfig_persistentroom", "1")]).await;
+    join(&mut c[1], &r, "Bob").await;
+    let destroy = format!(
+        "<query xmlns='{MUC_OWNER}'><destroy jid='{}'><reason>moved</reason></destroy></query>",
+        room("newplace")
+    );
+    let denied = c[1].iq("set", Some(&r), &destroy).await;
+    assert_eq!(error_condition(&denied).as_deref(), Some("forbidden"));
+    let done = c[0].iq("set", Some(&r), &destroy).await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    let gone = c[1]
+        .wait("destroyed", |el| {
+            presence_from(el, &format!("{r}/Bob")) && el.attr("type") == Some("unavailable")
+        })
+        .await;
+    let notice = gone
+        .get_child("x", MUC_USER)
+        .and_then(|x| x.get_child("destroy", MUC_USER))
+        .unwrap_or_else(|| panic!("no destroy in {}", xml(&gone)));
+    assert_eq!(notice.attr("jid"), Some(room("newplace").as_str()));
+    assert_eq!(
+        notice
+            .get_child("reason", MUC_USER)
+            .map(|r| r.text())
+            .as_deref(),
+        Some("moved")
+    );
+    // The room is gone: a message to it bounces, and it is not listed.
+    c[1].send(&format!(
+        "<message to='{r}' type='groupchat' id='late'><body>hello?</body></message>"
+    ))
+    .await;
+    let bounced = c[1]
+        .wait("bounce", |el| {
+            el.attr("id") == Some("late") && el.attr("type") == Some("error")
+        })
+        .await;
+    assert_eq!(error_condition(&bounced).as_deref(), Some("item-not-found"));
+    drop(c);
+    let server = TestServer::restart(server);
+    let mut c = clients(&server, &["alice"]).await;
+    let me = join(&mut c[0], &r, "Alice").await;
+    assert!(
+        codes(&me).contains(&"201".to_string()),
+        "a destroyed persistent room came back: {}",
+        xml(&me)
+    );
+}
+
+/// Joins asking for `history` (the `<history/>` element, or nothing); returns the bodies of the
+/// discussion history, which must all come before the subject and carry the room's delay stamp.
+async fn join_with_history(c: &mut Client, room: &str, nick: &str, history: &str) -> Vec<String> {
+    c.send(&format!(
+        "<presence to='{room}/{nick}'><x xmlns='{MUC}'>{history}</x></presence>"
+    ))
+    .await;
+    let (subject_at, _) = c
+        .wait_seq("subject", |el| {
+            el.name() == "message" && el.get_child("subject", "jabber:client").is_some()
+        })
+        .await;
+    let is_past = |el: &Element| el.name() == "message" && body(el).is_some();
+    let count = c.count(is_past).await;
+    let mut bodies = Vec::new();
+    for _ in 0..count {
+        let (at, el) = c.wait_seq("history", is_past).await;
+        assert!(at < subject_at, "history after the subject: {}", xml(&el));
+        let delay = el
+            .get_child("delay", "urn:xmpp:delay")
+            .unwrap_or_else(|| panic!("no delay on history: {}", xml(&el)));
+        assert_eq!(delay.attr("from"), Some(room));
+        assert!(delay.attr("stamp").is_some(), "{}", xml(&el));
+        bodies.extend(body(&el));
+    }
+    bodies
+}
+
+#[tokio::test]
+async fn newcomers_get_the_discussion_history_they_ask_for() {
+    let users = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    let server = server_with_users(&users, PASSWORD);
+    let mut c = clients(&server, &users).await;
+    let r = room("history");
+    create(&mut c[0], &r, "Alice").await;
+    for i in 1..=5 {
+        c[0].send(&format!(
+            "<message to='{r}' type='groupchat'><body>m{i}</body></message>"
+        ))
+        .await;
+        c[0].wait_body(&format!("m{i}")).await;
+    }
+    let all: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+    assert_eq!(join_with_history(&mut c[1], &r, "Bob", "").await, all);
+    assert_eq!(
+        join_with_history(&mut c[2], &r, "Carol", "<history maxstanzas='2'/>").await,
+        vec!["m4", "m5"]
+    );
+    assert!(
+        join_with_history(&mut c[3], &r, "Dave", "<history maxchars='0'/>")
+            .await
+            .is_empty()
+    );
+    assert!(join_with_history(
+        &mut c[4],
+        &r,
+        "Erin",
+        "<history since='2100-01-01T00:00:00Z'/>"
+    )
+    .await
+    .is_empty());
+    // A shorter history keeps only the newest.
+    let done = configure(&mut c[0], &r, &[("muc#roomconfig_historylength", "3")]).await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    c[0].send(&format!(
+        "<message to='{r}' type='groupchat'><body>m6</body></message>"
+    ))
+    .await;
+    c[0].wait_body("m6").await;
+    assert_eq!(
+        join_with_history(&mut c[5], &r, "Frank", "<history seconds='3600'/>").await,
+        vec!["m4", "m5", "m6"]
+    );
+    let too_long = configure(&mut c[0], &r, &[("muc#roomconfig_historylength", "100000")]).await;
+    assert_eq!(
+        error_condition(&too_long).as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[tokio::test]
+async fn invitations_reach_the_invitee_and_make_members_of_a_members_only_room() {
+    let server = server_with_users(&["alice", "bob", "carol"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob"]).await;
+    let r = room("private");
+    create(&mut c[0], &r, "Alice").await;
+    configure(
+        &mut c[0],
+        &r,
+        &[
+            ("muc#roomconfig_membersonly", "1"),
+            ("muc#roomconfig_persistentroom", "1"),
+        ],
+    )
+    .await;
+    c[1].send("<presence/>").await;
+    c[0].send(&format!(
+        "<message to='{r}'><x xmlns='{MUC_USER}'><invite to='bob@localhost'><reason>join us</reason></invite></x></message>"
+    ))
+    .await;
+    let invite = c[1]
+        .wait("invitation", |el| {
+            el.name() == "message"
+                && el
+                    .get_child("x", MUC_USER)
+                    .is_some_and(|x| x.has_child("invite", MUC_USER))
+        })
+        .await;
+    assert_eq!(invite.attr("from"), Some(r.as_str()));
+    let inner = invite
+        .get_child("x", MUC_USER)
+        .and_then(|x| x.get_child("invite", MUC_USER))
+        .unwrap_or_else(|| panic!("{}", xml(&invite)));
+    assert_eq!(inner.attr("from"), Some("alice@localhost"));
+    assert_eq!(
+        inner
+            .get_child("reason", MUC_USER)
+            .map(|r| r.text())
+            .as_deref(),
+        Some("join us")
+    );
+    // Bob is a member now: the members-only room lets him in.
+    let me = join(&mut c[1], &r, "Bob").await;
+    assert_eq!(item(&me).0, "member");
+    // A member may not invite unless the room allows it.
+    c[1].send(&format!(
+        "<message to='{r}' id='inv2'><x xmlns='{MUC_USER}'><invite to='carol@localhost'/></x></message>"
+    ))
+    .await;
+    let refused = c[1]
+        .wait("refused invitation", |el| {
+            el.attr("id") == Some("inv2") && el.attr("type") == Some("error")
+        })
+        .await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
+    // An offline invitee finds the invitation when it comes online; declining tells the inviter.
+    configure(&mut c[0], &r, &[("muc#roomconfig_allowinvites", "1")]).await;
+    c[1].send(&format!(
+        "<message to='{r}'><x xmlns='{MUC_USER}'><invite to='carol@localhost'/></x></message>"
+    ))
+    .await;
+    // Stored before Carol logs in (the room answers nothing to the inviter): wait for the store.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut carol = Client::bound_with(&server, "carol", PASSWORD, "phone").await;
+    carol.send("<presence/>").await;
+    let stored = carol
+        .wait("stored invitation", |el| {
+            el.get_child("x", MUC_USER)
+                .is_some_and(|x| x.has_child("invite", MUC_USER))
+        })
+        .await;
+    assert!(
+        stored.get_child("delay", "urn:xmpp:delay").is_some(),
+        "{}",
+        xml(&stored)
+    );
+    carol
+        .send(&format!(
+            "<message to='{r}'><x xmlns='{MUC_USER}'><decline to='bob@localhost'><reason>busy</reason></decline></x></message>"
+        ))
+        .await;
+    let declined = c[1]
+        .wait("decline", |el| {
+            el.get_child("x", MUC_USER)
+                .is_some_and(|x| x.has_child("decline", MUC_USER))
+        })
+        .await;
+    let inner = declined
+        .get_child("x", MUC_USER)
+        .and_then(|x| x.get_child("decline", MUC_USER))
+        .unwrap_or_else(|| panic!("{}", xml(&declined)));
+    assert_eq!(inner.attr("from"), Some("carol@localhost"));
+    // Bad invitations.
+    c[0].send(&format!(
+        "<message to='{r}' id='bad'><x xmlns='{MUC_USER}'><invite to='@@'/></x></message>"
+    ))
+    .await;
+    let bad = c[0]
+        .wait("malformed invitee", |el| {
+            el.attr("id") == Some("bad") && el.attr("type") == Some("error")
+        })
+        .await;
+    assert_eq!(error_condition(&bad).as_deref(), Some("jid-malformed"));
+}
+
+#[tokio::test]
+async fn self_ping_tells_a_client_whether_it_is_still_in_the_room() {
+    let server = server_with_users(&["alice", "bob"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob"]).await;
+    let r = room("pings");
+    create(&mut c[0], &r, "Alice").await;
+    let info = c[0]
+        .iq("get", Some(&r), &format!("<query xmlns='{DISCO_INFO}'/>"))
+        .await;
+    assert!(
+        xml(&info).contains("muc#self-ping-optimization"),
+        "{}",
+        xml(&info)
+    );
+    join(&mut c[1], &r, "Bob").await;
+    let ping = "<ping xmlns='urn:xmpp:ping'/>";
+    let own = c[1].iq("get", Some(&format!("{r}/Bob")), ping).await;
+    assert_eq!(own.attr("type"), Some("result"), "{}", xml(&own));
+    let other = c[1].iq("get", Some(&format!("{r}/Alice")), ping).await;
+    assert_eq!(
+        error_condition(&other).as_deref(),
+        Some("service-unavailable")
+    );
+    c[1].send(&format!("<presence to='{r}/Bob' type='unavailable'/>"))
+        .await;
+    gone_with(&mut c[1], &r, "Bob", "110").await;
+    let left = c[1].iq("get", Some(&format!("{r}/Bob")), ping).await;
+    assert_eq!(error_condition(&left).as_deref(), Some("not-acceptable"));
+}

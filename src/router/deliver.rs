@@ -168,6 +168,47 @@ fn highest(mut sessions: Vec<SessionHandle>) -> Vec<SessionHandle> {
     sessions
 }
 
+/// A message from one of the server's own services (a group chat room's invitation, ...) to a
+/// local user's bare JID: to the most available resources (RFC 6121 §8.5.2.1.1), or into offline
+/// storage, durable when this returns.
+pub async fn service_message(
+    state: &crate::server::ServerState,
+    el: Element,
+    to: &BareJid,
+) -> Result<(), StanzaError> {
+    if !state.accounts.exists(to)? {
+        return Err(StanzaError::with_text(
+            StanzaErrorCondition::ItemNotFound,
+            "no such user",
+        ));
+    }
+    let gate = state.offline_gate.lock(to).await;
+    let ready: Vec<SessionHandle> = state
+        .router
+        .available(to)
+        .into_iter()
+        .filter(|s| s.presence.priority() >= 0)
+        .collect();
+    if ready.is_empty() {
+        let stored = offline::store(state, to, &el).await?;
+        drop(gate);
+        return if stored {
+            Ok(())
+        } else {
+            Err(StanzaError::with_text(
+                StanzaErrorCondition::ServiceUnavailable,
+                "the recipient's offline storage is full",
+            ))
+        };
+    }
+    drop(gate);
+    let bytes = Bytes::from(xml::serialize(&el));
+    for session in highest(ready) {
+        session.send(Outbound::Stanza(bytes.clone())).await;
+    }
+    Ok(())
+}
+
 /// XEP-0160: keep the message for later, or tell the sender why not.
 async fn store_offline(ctx: &SessionCtx, mut el: Element, bare: &BareJid) {
     if !offline::worth_storing(&el) {

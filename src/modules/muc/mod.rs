@@ -21,29 +21,44 @@ use super::{Module, Spec, Support};
 use crate::error::{StanzaError, StanzaErrorCondition};
 use crate::router::Outbound;
 use crate::server::ServerState;
+use crate::store::{StoreError, Stores};
 use crate::xml::{self, ns};
-use room::{Delivery, Joined, Room, RoomConfig};
+use room::{AdminChange, AdminList, Affiliation, Delivery, Joined, Room, RoomConfig, NS_MUC_ADMIN};
 
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 
 /// Status codes (XEP-0045 §15.6).
-pub const STATUS_NON_ANONYMOUS: u16 = 100;
-pub const STATUS_SELF: u16 = 110;
-pub const STATUS_NEW_ROOM: u16 = 201;
+pub mod status {
+    pub const NON_ANONYMOUS: u16 = 100;
+    pub const SELF: u16 = 110;
+    pub const NEW_ROOM: u16 = 201;
+    pub const BANNED: u16 = 301;
+    pub const NICK_CHANGED: u16 = 303;
+    pub const KICKED: u16 = 307;
+    pub const MEMBERSHIP_LOST: u16 = 321;
+}
 
 pub const MODULE: Module = Module {
     name: "muc",
     // The features of the service itself are in its own disco#info (`service_info`).
     disco_features: &[],
     stream_features: &[],
-    specs: &[Spec::xep(
-        45,
+    specs: &[
+        Spec::xep(
+            45,
         "1.35.1",
         Support::Partial,
-        "rooms on [muc] domain: create (locked until the owner accepts the instant configuration), join, leave, presence with status codes, groupchat fan-out with stanza-ids, subject, private messages, occupant limit, members-only, passwords; no affiliation admin, history, persistence or nick change yet",
-    )],
+        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history, private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords; no MUC archive, reserved nicks or occupant ids yet",
+        ),
+        Spec::xep(
+            410,
+            "1.1.0",
+            Support::Complete,
+            "the room answers a ping to one's own occupant JID (self-ping optimization)",
+        ),
+    ],
 };
 
 /// The rooms of the service.
@@ -89,6 +104,70 @@ impl Service {
         listed
     }
 
+    /// Loads the persistent rooms (at startup). A room whose document cannot be read is skipped
+    /// with an error in the log rather than keeping the server down.
+    pub fn load(&self, stores: &Stores) -> Result<usize, StoreError> {
+        let stored = stores.rooms.rooms()?;
+        let mut rooms = self
+            .rooms
+            .lock()
+            .map_err(|_| StoreError::Backend("room registry poisoned".into()))?;
+        for (jid, doc) in stored {
+            if jid.domain().as_str() != self.domain {
+                tracing::warn!(room = %jid, service = %self.domain, "a stored room of another service domain ([muc] domain changed?) is not loaded");
+                continue;
+            }
+            match serde_json::from_slice::<room::StoredRoom>(&doc) {
+                Ok(stored) => {
+                    rooms.insert(
+                        jid.clone(),
+                        Arc::new(Mutex::new(Room::restore(jid, stored))),
+                    );
+                }
+                Err(err) => {
+                    tracing::error!(room = %jid, error = %err, "cannot read a stored room; skipped")
+                }
+            }
+        }
+        Ok(rooms.len())
+    }
+
+    /// Makes a room's changed configuration, affiliations or subject durable: stored while the
+    /// room is persistent, deleted from the store when it is not (any more).
+    async fn persist(&self, state: &ServerState, jid: &BareJid) -> Result<(), StoreError> {
+        let doc = {
+            let Some(room) = self.room(jid) else {
+                return Ok(());
+            };
+            let Ok(mut room) = room.lock() else {
+                return Ok(());
+            };
+            if !room.changed || room.locked {
+                return Ok(());
+            }
+            room.changed = false;
+            room.config
+                .persistent
+                .then(|| serde_json::to_vec(&room.stored()))
+                .transpose()
+                .map_err(|e| StoreError::Backend(e.to_string()))?
+        };
+        match doc {
+            Some(doc) => state.stores.rooms.put_room(jid, &doc)?,
+            None => state.stores.rooms.delete_room(jid)?,
+        }
+        state.stores.flush().await
+    }
+
+    /// Removes a destroyed room, from memory and from the store.
+    async fn remove(&self, state: &ServerState, jid: &BareJid) -> Result<(), StoreError> {
+        if let Ok(mut rooms) = self.rooms.lock() {
+            rooms.remove(jid);
+        }
+        state.stores.rooms.delete_room(jid)?;
+        state.stores.flush().await
+    }
+
     /// Forgets a room that has no occupants left, unless it is persistent.
     fn drop_if_empty(&self, jid: &BareJid) {
         if let Ok(mut rooms) = self.rooms.lock() {
@@ -106,11 +185,44 @@ impl Service {
 
 /// A stanza from a local session (`from`, stamped) to the service or one of its rooms.
 pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid) {
+    if let Some(x) = invitation(&el, to) {
+        if let Err(error) = invitations(state, &el, x, from, to).await {
+            if let Some(reply) = error.reply_to(&el) {
+                deliver(
+                    state,
+                    vec![(from.clone(), Bytes::from(xml::serialize(&reply)))],
+                )
+                .await;
+            }
+        }
+        return;
+    }
     let outcome = match el.name() {
-        "presence" => presence(state, &el, from, to),
+        "presence" => presence(state, &el, from, to).map(Done::Deliver),
         "message" => message(state, &el, from, to),
         "iq" => iq(state, &el, from, to),
-        _ => Ok(Vec::new()),
+        _ => Ok(Done::Deliver(Vec::new())),
+    };
+    // What changed in a persistent room is on disk before anyone hears of it (the owner's result
+    // included): a restart never forgets a change that was confirmed.
+    let room_jid = to
+        .node()
+        .map(|node| BareJid::from_parts(Some(node), to.domain()));
+    let outcome = match (outcome, room_jid) {
+        (Ok(Done::Changed(deliveries)), Some(jid)) => state
+            .muc
+            .persist(state, &jid)
+            .await
+            .map(|()| deliveries)
+            .map_err(StanzaError::from),
+        (Ok(Done::Destroyed(deliveries)), Some(jid)) => state
+            .muc
+            .remove(state, &jid)
+            .await
+            .map(|()| deliveries)
+            .map_err(StanzaError::from),
+        (Ok(Done::Deliver(out) | Done::Changed(out) | Done::Destroyed(out)), _) => Ok(out),
+        (Err(error), _) => Err(error),
     };
     match outcome {
         Ok(deliveries) => deliver(state, deliveries).await,
@@ -122,6 +234,76 @@ pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid)
                 )
                 .await;
             }
+        }
+    }
+}
+
+/// The `<x xmlns='…#user'/>` of an invitation or a declined one, sent to a room (§7.8.2).
+fn invitation<'a>(el: &'a Element, to: &Jid) -> Option<&'a Element> {
+    if el.name() != "message"
+        || to.node().is_none()
+        || to.resource().is_some()
+        || matches!(el.attr("type"), Some("groupchat" | "error"))
+    {
+        return None;
+    }
+    el.get_child("x", NS_MUC_USER)
+        .filter(|x| x.has_child("invite", NS_MUC_USER) || x.has_child("decline", NS_MUC_USER))
+}
+
+/// Sends a room's invitations (or declines) to the users they name, once what they changed in
+/// the room (new members) is stored. Only local users can be reached (no federation yet).
+async fn invitations(
+    state: &ServerState,
+    el: &Element,
+    x: &Element,
+    from: &FullJid,
+    to: &Jid,
+) -> Result<(), StanzaError> {
+    let node = to.node().ok_or(StanzaErrorCondition::BadRequest)?;
+    let room_jid = BareJid::from_parts(Some(node), to.domain());
+    let room = state.muc.room(&room_jid).ok_or_else(|| {
+        StanzaError::with_text(StanzaErrorCondition::ItemNotFound, "no such room")
+    })?;
+    let messages = {
+        let mut room = room
+            .lock()
+            .map_err(|_| StanzaErrorCondition::InternalServerError)?;
+        if x.has_child("invite", NS_MUC_USER) {
+            room.invite(from, x)?
+        } else {
+            room.decline(from, x)?
+        }
+    };
+    state.muc.persist(state, &room_jid).await?;
+    for (user, message) in messages {
+        if user.domain().as_str() != state.domain {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::RemoteServerNotFound,
+                "invitations reach local users only",
+            ));
+        }
+        crate::router::deliver::service_message(state, message, &user).await?;
+    }
+    let _ = el;
+    Ok(())
+}
+
+/// What handling a stanza did: the deliveries it causes, to make once the room's state is stored
+/// (`Changed`) or the room removed (`Destroyed`).
+enum Done {
+    Deliver(Vec<Delivery>),
+    Changed(Vec<Delivery>),
+    Destroyed(Vec<Delivery>),
+}
+
+impl Done {
+    /// `Changed` when the room's stored state changed, else `Deliver`.
+    fn after(room: &Room, deliveries: Vec<Delivery>) -> Done {
+        if room.changed {
+            Done::Changed(deliveries)
+        } else {
+            Done::Deliver(deliveries)
         }
     }
 }
@@ -213,9 +395,9 @@ fn message(
     el: &Element,
     from: &FullJid,
     to: &Jid,
-) -> Result<Vec<Delivery>, StanzaError> {
+) -> Result<Done, StanzaError> {
     if el.attr("type") == Some("error") {
-        return Ok(Vec::new());
+        return Ok(Done::Deliver(Vec::new()));
     }
     let Some(node) = to.node() else {
         return Err(StanzaErrorCondition::ServiceUnavailable.into());
@@ -227,7 +409,7 @@ fn message(
     let mut room = room
         .lock()
         .map_err(|_| StanzaErrorCondition::InternalServerError)?;
-    match (to.resource(), el.attr("type")) {
+    let deliveries = match (to.resource(), el.attr("type")) {
         (None, Some("groupchat")) => room.groupchat(from, el),
         (None, _) => Err(StanzaError::with_text(
             StanzaErrorCondition::BadRequest,
@@ -238,30 +420,35 @@ fn message(
             "a private message is not of type groupchat",
         )),
         (Some(nick), _) => room.private(from, nick.as_str(), el),
-    }
+    }?;
+    Ok(Done::after(&room, deliveries))
 }
 
-fn iq(
-    state: &ServerState,
-    el: &Element,
-    from: &FullJid,
-    to: &Jid,
-) -> Result<Vec<Delivery>, StanzaError> {
+fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Done, StanzaError> {
     let kind = el.attr("type").unwrap_or("");
     if kind == "result" || kind == "error" {
-        return Ok(Vec::new());
+        return Ok(Done::Deliver(Vec::new()));
     }
     let set = kind == "set";
     let payload = el
         .children()
         .next()
         .ok_or(StanzaErrorCondition::BadRequest)?;
-    let result = match (to.node(), to.resource()) {
-        (None, _) => match payload.ns().as_str() {
-            ns::DISCO_INFO if !set => service_info(),
-            ns::DISCO_ITEMS if !set => service_items(state),
-            _ => return Err(StanzaErrorCondition::ServiceUnavailable.into()),
-        },
+    let reply = |result: Element| {
+        (
+            from.clone(),
+            Bytes::from(xml::serialize(&super::result_for(el, Some(result)))),
+        )
+    };
+    match (to.node(), to.resource()) {
+        (None, _) => {
+            let result = match payload.ns().as_str() {
+                ns::DISCO_INFO if !set => service_info(),
+                ns::DISCO_ITEMS if !set => service_items(state),
+                _ => return Err(StanzaErrorCondition::ServiceUnavailable.into()),
+            };
+            Ok(Done::Deliver(vec![reply(result)]))
+        }
         (Some(node), None) => {
             let room_jid = BareJid::from_parts(Some(node), to.domain());
             let room = state
@@ -271,18 +458,134 @@ fn iq(
             let mut room = room
                 .lock()
                 .map_err(|_| StanzaErrorCondition::InternalServerError)?;
+            let actor = from.to_bare();
             match payload.ns().as_str() {
-                ns::DISCO_INFO if !set => room_info(&room),
-                ns::DISCO_ITEMS if !set => Element::bare("query", ns::DISCO_ITEMS),
-                NS_MUC_OWNER => owner(&mut room, from, set, payload)?,
-                _ => return Err(StanzaErrorCondition::ServiceUnavailable.into()),
+                ns::DISCO_INFO if !set => Ok(Done::Deliver(vec![reply(room_info(&room))])),
+                ns::DISCO_ITEMS if !set => Ok(Done::Deliver(vec![reply(Element::bare(
+                    "query",
+                    ns::DISCO_ITEMS,
+                ))])),
+                NS_MUC_OWNER if set && payload.has_child("destroy", NS_MUC_OWNER) => {
+                    let destroy = payload
+                        .get_child("destroy", NS_MUC_OWNER)
+                        .ok_or(StanzaErrorCondition::BadRequest)?;
+                    let mut out = room.destroy(&actor, destroy)?;
+                    out.push(reply(Element::bare("query", NS_MUC_OWNER)));
+                    Ok(Done::Destroyed(out))
+                }
+                NS_MUC_OWNER => {
+                    let result = owner(&mut room, from, set, payload)?;
+                    Ok(Done::after(&room, vec![reply(result)]))
+                }
+                NS_MUC_ADMIN if set => {
+                    let mut out = Vec::new();
+                    // Each item is checked and applied in turn; the first refusal stops the rest
+                    // (§9.2: the request as a whole is answered with that error).
+                    for change in admin_changes(payload)? {
+                        out.extend(room.admin_set(&actor, &change)?);
+                    }
+                    out.push(reply(Element::bare("query", NS_MUC_ADMIN)));
+                    Ok(Done::after(&room, out))
+                }
+                NS_MUC_ADMIN => {
+                    let mut query = Element::bare("query", NS_MUC_ADMIN);
+                    for item in room.admin_list(&actor, &admin_list(payload)?)? {
+                        query.append_child(item);
+                    }
+                    Ok(Done::Deliver(vec![reply(query)]))
+                }
+                _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
             }
         }
-        // An iq to an occupant (vCard, ping...) is not forwarded yet.
-        (Some(_), Some(_)) => return Err(StanzaErrorCondition::ServiceUnavailable.into()),
+        // XEP-0410: a client pings its own occupant JID to learn whether it is still in the room;
+        // the room answers for it.
+        (Some(node), Some(nick)) if payload.is("ping", ns::PING) => {
+            let room_jid = BareJid::from_parts(Some(node), to.domain());
+            let joined = state
+                .muc
+                .room(&room_jid)
+                .and_then(|room| room.lock().ok().map(|r| r.nick_of(from).map(String::from)))
+                .flatten();
+            match joined {
+                Some(own) if own == nick.as_str() => Ok(Done::Deliver(vec![(
+                    from.clone(),
+                    Bytes::from(xml::serialize(&super::result_for(el, None))),
+                )])),
+                Some(_) => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+                None => Err(StanzaError::with_text(
+                    StanzaErrorCondition::NotAcceptable,
+                    "you are not in this room",
+                )),
+            }
+        }
+        // Other iqs to an occupant (vCard, ...) are not forwarded yet.
+        (Some(_), Some(_)) => Err(StanzaErrorCondition::ServiceUnavailable.into()),
+    }
+}
+
+/// The items of a muc#admin set: a role by nick or an affiliation by JID, with a reason.
+fn admin_changes(query: &Element) -> Result<Vec<AdminChange>, StanzaError> {
+    let bad = |why: &str| StanzaError::with_text(StanzaErrorCondition::BadRequest, why.to_string());
+    let items: Vec<&Element> = query
+        .children()
+        .filter(|c| c.is("item", NS_MUC_ADMIN))
+        .collect();
+    if items.is_empty() {
+        return Err(bad("a muc#admin request has items"));
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            let reason = item.get_child("reason", NS_MUC_ADMIN).map(|r| r.text());
+            match (item.attr("role"), item.attr("affiliation")) {
+                (Some(role), None) => Ok(AdminChange::Role {
+                    nick: item
+                        .attr("nick")
+                        .ok_or_else(|| bad("a role is changed by nick"))?
+                        .to_string(),
+                    role: room::Role::parse(role).ok_or_else(|| bad("unknown role"))?,
+                    reason,
+                }),
+                (None, Some(affiliation)) => Ok(AdminChange::Affiliation {
+                    user: item
+                        .attr("jid")
+                        .and_then(|j| crate::addr::parse_jid(j).ok())
+                        .map(|j| j.to_bare())
+                        .ok_or_else(|| {
+                            StanzaError::with_text(
+                                StanzaErrorCondition::JidMalformed,
+                                "an affiliation is changed by a valid JID",
+                            )
+                        })?,
+                    affiliation: Affiliation::parse(affiliation)
+                        .ok_or_else(|| bad("unknown affiliation"))?,
+                    reason,
+                }),
+                _ => Err(bad("an item changes either a role or an affiliation")),
+            }
+        })
+        .collect()
+}
+
+/// The list a muc#admin get asks for: `<item affiliation='…'/>` or `<item role='…'/>`.
+fn admin_list(query: &Element) -> Result<AdminList, StanzaError> {
+    let bad = || {
+        StanzaError::with_text(
+            StanzaErrorCondition::BadRequest,
+            "ask for one affiliation or role",
+        )
     };
-    let reply = super::result_for(el, Some(result));
-    Ok(vec![(from.clone(), Bytes::from(xml::serialize(&reply)))])
+    let item = query.get_child("item", NS_MUC_ADMIN).ok_or_else(bad)?;
+    match (item.attr("affiliation"), item.attr("role")) {
+        (Some(affiliation), None) => Ok(AdminList::Affiliation(
+            Affiliation::parse(affiliation).ok_or_else(bad)?,
+        )),
+        (None, Some(role)) => match room::Role::parse(role) {
+            Some(Some(role)) => Ok(AdminList::Role(role)),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
 }
 
 /// The owner's configuration requests (§10): the form, and its submission (an empty submission
@@ -293,7 +596,7 @@ fn owner(
     set: bool,
     payload: &Element,
 ) -> Result<Element, StanzaError> {
-    if room.affiliation(&from.to_bare()) != room::Affiliation::Owner {
+    if room.affiliation(&from.to_bare()) != Affiliation::Owner {
         return Err(StanzaError::with_text(
             StanzaErrorCondition::Forbidden,
             "only owners may configure the room",
@@ -318,9 +621,15 @@ fn owner(
             ))
         }
     }
-    room.locked = false;
+    if room.locked {
+        room.locked = false;
+        room.changed = true;
+    }
     Ok(query)
 }
+
+/// The longest discussion history a room keeps in memory.
+const MAX_HISTORY: usize = 200;
 
 const ROOMCONFIG: &str = "http://jabber.org/protocol/muc#roomconfig";
 const ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
@@ -353,6 +662,11 @@ fn config_form(room: &Room) -> DataForm {
             Field::new("muc#roomconfig_roomsecret", FieldType::TextPrivate)
                 .with_value(c.password.as_deref().unwrap_or("")),
             Field::text_single("muc#roomconfig_maxusers", &c.max_occupants.to_string()),
+            Field::text_single(
+                "muc#roomconfig_historylength",
+                &c.history_length.to_string(),
+            ),
+            boolean("muc#roomconfig_allowinvites", c.allow_member_invites),
         ],
     )
 }
@@ -384,6 +698,7 @@ fn apply_config(room: &mut Room, form: &DataForm) -> Result<(), StanzaError> {
             "muc#roomconfig_changesubject" => config.change_subject = boolean()?,
             "muc#roomconfig_passwordprotectedroom" => protect = boolean()?,
             "muc#roomconfig_roomsecret" => secret = value,
+            "muc#roomconfig_allowinvites" => config.allow_member_invites = boolean()?,
             "muc#roomconfig_whois" => {
                 config.whois_anyone = match value.as_str() {
                     "anyone" => true,
@@ -394,11 +709,19 @@ fn apply_config(room: &mut Room, form: &DataForm) -> Result<(), StanzaError> {
             "muc#roomconfig_maxusers" => {
                 config.max_occupants = value.parse().map_err(|_| refuse("takes a number"))?;
             }
+            "muc#roomconfig_historylength" => {
+                config.history_length = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_HISTORY)
+                    .ok_or_else(|| refuse(&format!("takes a number up to {MAX_HISTORY}")))?;
+            }
             _ => return Err(refuse("is not a configuration field")),
         }
     }
     config.password = (protect && !secret.is_empty()).then_some(secret);
     room.config = config;
+    room.changed = true;
     Ok(())
 }
 
@@ -453,6 +776,7 @@ fn room_info(room: &Room) -> Element {
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
         "http://jabber.org/protocol/muc#stable_id",
+        "http://jabber.org/protocol/muc#self-ping-optimization",
         pick(c.persistent, "muc_persistent", "muc_temporary"),
         pick(c.public, "muc_public", "muc_hidden"),
         pick(c.members_only, "muc_membersonly", "muc_open"),

@@ -1,18 +1,20 @@
 //! One room's state (configuration, affiliations, occupants, subject) and what each stanza does to
 //! it. No I/O here: every operation returns the stanzas to deliver, and the service sends them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use jid::{BareJid, FullJid};
 use minidom::Element;
+use serde::{Deserialize, Serialize};
 
-use super::{NS_MUC_USER, STATUS_NEW_ROOM, STATUS_NON_ANONYMOUS, STATUS_SELF};
+use super::{status, NS_MUC_USER};
 use crate::error::{remove_attr, set_attr, StanzaError, StanzaErrorCondition};
 use crate::xml::{self, ns};
 
 /// A user's standing in a room, kept across visits (XEP-0045 §5.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Affiliation {
     Outcast,
     None,
@@ -30,6 +32,17 @@ impl Affiliation {
             Affiliation::Admin => "admin",
             Affiliation::Owner => "owner",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Affiliation> {
+        Some(match text {
+            "outcast" => Affiliation::Outcast,
+            "none" => Affiliation::None,
+            "member" => Affiliation::Member,
+            "admin" => Affiliation::Admin,
+            "owner" => Affiliation::Owner,
+            _ => return None,
+        })
     }
 }
 
@@ -49,10 +62,32 @@ impl Role {
             Role::Moderator => "moderator",
         }
     }
+
+    /// `none` is not a role an occupant has: it means "out of the room" (a kick).
+    pub fn parse(text: &str) -> Option<Option<Role>> {
+        Some(match text {
+            "none" => None,
+            "visitor" => Some(Role::Visitor),
+            "participant" => Some(Role::Participant),
+            "moderator" => Some(Role::Moderator),
+            _ => return None,
+        })
+    }
+
+    /// The role an affiliation brings on entering (§5.1.2).
+    fn entering(affiliation: Affiliation, moderated: bool) -> Role {
+        if affiliation >= Affiliation::Admin {
+            Role::Moderator
+        } else if moderated && affiliation < Affiliation::Member {
+            Role::Visitor
+        } else {
+            Role::Participant
+        }
+    }
 }
 
 /// What an owner configures (the muc#roomconfig form, XEP-0045 §10.2).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomConfig {
     pub name: String,
     pub description: String,
@@ -68,6 +103,25 @@ pub struct RoomConfig {
     pub change_subject: bool,
     /// The group size limit.
     pub max_occupants: usize,
+    /// Members may invite others into a members-only room (admins and owners always may).
+    #[serde(default)]
+    pub allow_member_invites: bool,
+    /// How many recent messages newcomers get as discussion history (§7.2.14).
+    #[serde(default = "default_history_length")]
+    pub history_length: usize,
+}
+
+fn default_history_length() -> usize {
+    20
+}
+
+/// What a persistent room keeps across restarts (stored as JSON by the service).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoredRoom {
+    pub config: RoomConfig,
+    pub affiliations: Vec<(String, Affiliation)>,
+    /// The subject and the occupant JID that set it.
+    pub subject: Option<(String, String)>,
 }
 
 impl RoomConfig {
@@ -83,6 +137,8 @@ impl RoomConfig {
             whois_anyone: true,
             change_subject: false,
             max_occupants,
+            history_length: default_history_length(),
+            allow_member_invites: false,
         }
     }
 }
@@ -110,6 +166,19 @@ pub struct Room {
     occupants: BTreeMap<String, Occupant>,
     /// Which nick each joined session uses.
     nicks: HashMap<FullJid, String>,
+    /// The configuration, affiliations or subject changed since the room was last stored.
+    pub changed: bool,
+    /// Recent messages for the discussion history, oldest first, serialized with their delay
+    /// stamp and without `to`.
+    history: VecDeque<Past>,
+}
+
+/// A message in the discussion history.
+struct Past {
+    at: chrono::DateTime<chrono::Utc>,
+    bytes: Bytes,
+    /// Characters of the whole stanza (what `maxchars` counts).
+    chars: usize,
 }
 
 /// What a presence to `room/nick` did.
@@ -133,6 +202,43 @@ impl Room {
             affiliations,
             occupants: BTreeMap::new(),
             nicks: HashMap::new(),
+            changed: true,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// A persistent room as it was stored: configured, empty.
+    pub fn restore(jid: BareJid, stored: StoredRoom) -> Room {
+        let affiliations = stored
+            .affiliations
+            .into_iter()
+            .filter_map(|(user, affiliation)| Some((BareJid::new(&user).ok()?, affiliation)))
+            .collect();
+        Room {
+            jid,
+            config: stored.config,
+            locked: false,
+            subject: stored.subject,
+            affiliations,
+            occupants: BTreeMap::new(),
+            nicks: HashMap::new(),
+            changed: false,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// What a persistent room keeps.
+    pub fn stored(&self) -> StoredRoom {
+        let mut affiliations: Vec<(String, Affiliation)> = self
+            .affiliations
+            .iter()
+            .map(|(user, affiliation)| (user.to_string(), *affiliation))
+            .collect();
+        affiliations.sort();
+        StoredRoom {
+            config: self.config.clone(),
+            affiliations,
+            subject: self.subject.clone(),
         }
     }
 
@@ -181,10 +287,8 @@ impl Room {
         });
         if let Some(current) = self.nicks.get(session) {
             if current != nick {
-                return Err(StanzaError::with_text(
-                    StanzaErrorCondition::NotAcceptable,
-                    "nick changes are not supported yet",
-                ));
+                let current = current.clone();
+                return self.change_nick(session, &current, nick, shown);
             }
             let occupant = self
                 .occupants
@@ -255,13 +359,7 @@ impl Room {
                 occupant.presence = shown;
             }
             None => {
-                let role = if affiliation >= Affiliation::Admin {
-                    Role::Moderator
-                } else if self.config.moderated && affiliation < Affiliation::Member {
-                    Role::Visitor
-                } else {
-                    Role::Participant
-                };
+                let role = Role::entering(affiliation, self.config.moderated);
                 self.occupants.insert(
                     nick.to_string(),
                     Occupant {
@@ -274,12 +372,12 @@ impl Room {
             }
         }
         self.nicks.insert(session.clone(), nick.to_string());
-        let mut codes = vec![STATUS_SELF];
+        let mut codes = vec![status::SELF];
         if self.config.whois_anyone {
-            codes.push(STATUS_NON_ANONYMOUS);
+            codes.push(status::NON_ANONYMOUS);
         }
         if created {
-            codes.push(STATUS_NEW_ROOM);
+            codes.push(status::NEW_ROOM);
         }
         if second_session {
             // The others already see this occupant; only the new session needs its self-presence.
@@ -290,7 +388,14 @@ impl Room {
         } else {
             out.extend(self.broadcast_presence(nick, Some((session, &codes))));
         }
-        // Then the subject, always, empty if none (§7.2.15).
+        // Then the discussion history the newcomer asked for (§7.2.14), then the subject, always,
+        // empty if none (§7.2.15).
+        let wanted = presence
+            .get_child("x", super::NS_MUC)
+            .and_then(|x| x.get_child("history", super::NS_MUC));
+        for past in self.history_for(wanted) {
+            out.push((session.clone(), with_to(past, "message", session)));
+        }
         out.push((session.clone(), addressed(&self.subject_message(), session)));
         Ok(Joined::Entered(out))
     }
@@ -315,7 +420,7 @@ impl Room {
         let real = self.config.whois_anyone.then_some(session);
         let mut own = gone.clone();
         set_attr(&mut own, "from", &self.occupant_jid(&nick));
-        own.append_child(item_element(affiliation, None, real, &[STATUS_SELF]));
+        own.append_child(item_element(affiliation, None, real, &[status::SELF]));
         let mut out = vec![(session.clone(), addressed(&own, session))];
         if !last {
             return out;
@@ -365,8 +470,12 @@ impl Room {
                 ));
             }
             self.subject = Some((subject.text(), self.occupant_jid(&nick)));
+            self.changed = true;
         }
         let serialized = xml::serialize(&out);
+        if message.has_child("body", ns::CLIENT) {
+            self.remember(out);
+        }
         let mut deliveries = Vec::new();
         for occupant in self.occupants.values() {
             for to in &occupant.sessions {
@@ -406,6 +515,503 @@ impl Room {
             .iter()
             .map(|to| (to.clone(), with_to(&serialized, "message", to)))
             .collect())
+    }
+
+    /// Presence to a new nick from an occupant (§7.6): unavailable from the old nick with status 303
+    /// and the new nick, then available from the new one. Every session of the occupant moves.
+    fn change_nick(
+        &mut self,
+        session: &FullJid,
+        old: &str,
+        new: &str,
+        shown: Element,
+    ) -> Result<Joined, StanzaError> {
+        if self.occupants.contains_key(new) {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::Conflict,
+                "that nick is in use in this room",
+            ));
+        }
+        let Some(mut occupant) = self.occupants.remove(old) else {
+            return Err(StanzaErrorCondition::InternalServerError.into());
+        };
+        occupant.presence = shown;
+        let affiliation = self.affiliation(&occupant.user);
+        let real = self
+            .config
+            .whois_anyone
+            .then(|| occupant.sessions.first())
+            .flatten();
+        let mut gone = Element::bare("presence", ns::CLIENT);
+        set_attr(&mut gone, "type", "unavailable");
+        set_attr(&mut gone, "from", &self.occupant_jid(old));
+        let mut x = item_element(affiliation, Some(occupant.role), real, &[]);
+        if let Some(item) = x.get_child_mut("item", NS_MUC_USER) {
+            set_attr(item, "nick", new);
+        }
+        let mut out = Vec::new();
+        let mut own = gone.clone();
+        gone.append_child(with_codes(x.clone(), &[status::NICK_CHANGED]));
+        own.append_child(with_codes(x, &[status::NICK_CHANGED, status::SELF]));
+        for other in self.occupants.values() {
+            for to in &other.sessions {
+                out.push((to.clone(), addressed(&gone, to)));
+            }
+        }
+        for to in &occupant.sessions {
+            out.push((to.clone(), addressed(&own, to)));
+            self.nicks.insert(to.clone(), new.to_string());
+        }
+        self.occupants.insert(new.to_string(), occupant);
+        let codes = [status::SELF];
+        out.extend(self.broadcast_presence(new, Some((session, &codes))));
+        Ok(Joined::Updated(out))
+    }
+
+    /// Takes an occupant out of the room (kicked, banned, no longer a member, room destroyed):
+    /// unavailable presence with role none, `codes` and the reason to everyone, the self code to
+    /// its own sessions, whose `nicks` entries go.
+    fn remove_occupant(
+        &mut self,
+        nick: &str,
+        codes: &[u16],
+        reason: Option<&str>,
+    ) -> Vec<Delivery> {
+        let Some(occupant) = self.occupants.remove(nick) else {
+            return Vec::new();
+        };
+        let affiliation = self.affiliation(&occupant.user);
+        let real = self
+            .config
+            .whois_anyone
+            .then(|| occupant.sessions.first())
+            .flatten();
+        let mut x = item_element(affiliation, None, real, &[]);
+        if let (Some(reason), Some(item)) = (reason, x.get_child_mut("item", NS_MUC_USER)) {
+            let mut text = Element::bare("reason", NS_MUC_USER);
+            text.append_text(reason);
+            item.append_child(text);
+        }
+        let mut gone = Element::bare("presence", ns::CLIENT);
+        set_attr(&mut gone, "type", "unavailable");
+        set_attr(&mut gone, "from", &self.occupant_jid(nick));
+        let mut own = gone.clone();
+        gone.append_child(with_codes(x.clone(), codes));
+        let own_codes: Vec<u16> = std::iter::once(status::SELF)
+            .chain(codes.iter().copied())
+            .collect();
+        own.append_child(with_codes(x, &own_codes));
+        let mut out = Vec::new();
+        for to in &occupant.sessions {
+            self.nicks.remove(to);
+            out.push((to.clone(), addressed(&own, to)));
+        }
+        for other in self.occupants.values() {
+            for to in &other.sessions {
+                out.push((to.clone(), addressed(&gone, to)));
+            }
+        }
+        out
+    }
+
+    /// A muc#admin change (§8, §9) by the occupant or user `actor`: a role by nick, or an
+    /// affiliation by JID. Checked against the actor's standing before anything changes.
+    pub fn admin_set(
+        &mut self,
+        actor: &BareJid,
+        change: &AdminChange,
+    ) -> Result<Vec<Delivery>, StanzaError> {
+        let actor_affiliation = self.affiliation(actor);
+        let actor_role = self.role_of_user(actor);
+        match change {
+            AdminChange::Role { nick, role, reason } => {
+                let target = self.occupants.get(nick).ok_or_else(|| {
+                    StanzaError::with_text(
+                        StanzaErrorCondition::ItemNotFound,
+                        "no occupant has that nick",
+                    )
+                })?;
+                let target_affiliation = self.affiliation(&target.user);
+                // Granting or revoking moderator status is for admins and owners (§9.6), the rest
+                // for moderators (§8).
+                let needs_admin = *role == Some(Role::Moderator) || target.role == Role::Moderator;
+                if needs_admin && actor_affiliation < Affiliation::Admin
+                    || !needs_admin && actor_role != Some(Role::Moderator)
+                {
+                    return Err(StanzaError::with_text(
+                        StanzaErrorCondition::Forbidden,
+                        "you may not change roles in this room",
+                    ));
+                }
+                // Nobody takes a role away from an admin or owner (§8.2, §8.4, §9.7).
+                if target_affiliation >= Affiliation::Admin && *role != Some(Role::Moderator) {
+                    return Err(StanzaError::with_text(
+                        StanzaErrorCondition::NotAllowed,
+                        "admins and owners keep their role",
+                    ));
+                }
+                match role {
+                    None => Ok(self.remove_occupant(nick, &[status::KICKED], reason.as_deref())),
+                    Some(role) => {
+                        if let Some(target) = self.occupants.get_mut(nick) {
+                            target.role = *role;
+                        }
+                        Ok(self.broadcast_presence(nick, None))
+                    }
+                }
+            }
+            AdminChange::Affiliation {
+                user,
+                affiliation,
+                reason,
+            } => {
+                // Admins and owners are made and unmade by owners (§10.3-10.8); members and bans by
+                // admins (§9.1-9.5), who cannot touch those at or above their own level.
+                let current = self.affiliation(user);
+                let needs_owner =
+                    *affiliation >= Affiliation::Admin || current >= Affiliation::Admin;
+                if needs_owner && actor_affiliation < Affiliation::Owner
+                    || actor_affiliation < Affiliation::Admin
+                {
+                    return Err(StanzaError::with_text(
+                        StanzaErrorCondition::Forbidden,
+                        "you may not change that affiliation",
+                    ));
+                }
+                let owners = self
+                    .affiliations
+                    .values()
+                    .filter(|a| **a == Affiliation::Owner)
+                    .count();
+                if current == Affiliation::Owner
+                    && *affiliation != Affiliation::Owner
+                    && owners <= 1
+                {
+                    return Err(StanzaError::with_text(
+                        StanzaErrorCondition::Conflict,
+                        "a room keeps at least one owner",
+                    ));
+                }
+                if *affiliation == Affiliation::None {
+                    self.affiliations.remove(user);
+                } else {
+                    self.affiliations.insert(user.clone(), *affiliation);
+                }
+                self.changed = true;
+                Ok(self.affiliation_changed(user, reason.as_deref()))
+            }
+        }
+    }
+
+    /// After `user`'s affiliation changed: its occupants leave (banned, or no longer members of
+    /// a members-only room) or take the role it brings, and the room hears of it.
+    fn affiliation_changed(&mut self, user: &BareJid, reason: Option<&str>) -> Vec<Delivery> {
+        let affiliation = self.affiliation(user);
+        let nicks: Vec<String> = self
+            .occupants
+            .iter()
+            .filter(|(_, o)| &o.user == user)
+            .map(|(nick, _)| nick.clone())
+            .collect();
+        let mut out = Vec::new();
+        for nick in nicks {
+            if affiliation == Affiliation::Outcast {
+                out.extend(self.remove_occupant(&nick, &[status::BANNED], reason));
+            } else if self.config.members_only && affiliation < Affiliation::Member {
+                out.extend(self.remove_occupant(&nick, &[status::MEMBERSHIP_LOST], reason));
+            } else {
+                let role = Role::entering(affiliation, self.config.moderated);
+                if let Some(occupant) = self.occupants.get_mut(&nick) {
+                    occupant.role = role;
+                }
+                out.extend(self.broadcast_presence(&nick, None));
+            }
+        }
+        out
+    }
+
+    /// The items of a muc#admin list request (§9.5, §10.5, §8.5): users with an affiliation, or
+    /// occupants with a role. Affiliation lists are open to the room's members (clients of
+    /// private groups show who belongs), the ban list to admins; role lists to moderators.
+    pub fn admin_list(
+        &self,
+        actor: &BareJid,
+        wanted: &AdminList,
+    ) -> Result<Vec<Element>, StanzaError> {
+        let actor_affiliation = self.affiliation(actor);
+        let allowed = match wanted {
+            AdminList::Affiliation(Affiliation::Outcast) => actor_affiliation >= Affiliation::Admin,
+            AdminList::Affiliation(_) => {
+                actor_affiliation >= Affiliation::Member
+                    || (self.config.whois_anyone && self.role_of_user(actor).is_some())
+            }
+            AdminList::Role(_) => self.role_of_user(actor) == Some(Role::Moderator),
+        };
+        if !allowed {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::Forbidden,
+                "you may not see that list",
+            ));
+        }
+        let mut items = Vec::new();
+        match wanted {
+            AdminList::Affiliation(wanted) => {
+                let mut users: Vec<&BareJid> = self
+                    .affiliations
+                    .iter()
+                    .filter(|(_, a)| *a == wanted)
+                    .map(|(user, _)| user)
+                    .collect();
+                users.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                for user in users {
+                    let mut item = Element::bare("item", NS_MUC_ADMIN);
+                    set_attr(&mut item, "affiliation", wanted.as_str());
+                    set_attr(&mut item, "jid", user.as_str());
+                    if let Some(nick) = self
+                        .occupants
+                        .iter()
+                        .find(|(_, o)| &o.user == user)
+                        .map(|(n, _)| n)
+                    {
+                        set_attr(&mut item, "nick", nick);
+                    }
+                    items.push(item);
+                }
+            }
+            AdminList::Role(wanted) => {
+                for (nick, occupant) in self.occupants.iter().filter(|(_, o)| o.role == *wanted) {
+                    let mut item = Element::bare("item", NS_MUC_ADMIN);
+                    set_attr(&mut item, "role", wanted.as_str());
+                    set_attr(&mut item, "nick", nick);
+                    set_attr(
+                        &mut item,
+                        "affiliation",
+                        self.affiliation(&occupant.user).as_str(),
+                    );
+                    set_attr(&mut item, "jid", occupant.user.as_str());
+                    items.push(item);
+                }
+            }
+        }
+        Ok(items)
+    }
+
+    /// The highest role any occupant of `user` has here.
+    fn role_of_user(&self, user: &BareJid) -> Option<Role> {
+        self.occupants
+            .values()
+            .filter(|o| &o.user == user)
+            .map(|o| o.role)
+            .max()
+    }
+
+    /// The owner destroys the room (§10.9): every occupant is told, with the reason and the
+    /// alternate venue.
+    pub fn destroy(
+        &mut self,
+        actor: &BareJid,
+        destroy: &Element,
+    ) -> Result<Vec<Delivery>, StanzaError> {
+        if self.affiliation(actor) != Affiliation::Owner {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::Forbidden,
+                "only owners may destroy the room",
+            ));
+        }
+        let mut notice = Element::bare("destroy", NS_MUC_USER);
+        if let Some(venue) = destroy.attr("jid") {
+            set_attr(&mut notice, "jid", venue);
+        }
+        if let Some(reason) = destroy.get_child("reason", super::NS_MUC_OWNER) {
+            let mut text = Element::bare("reason", NS_MUC_USER);
+            text.append_text(reason.text());
+            notice.append_child(text);
+        }
+        let mut out = Vec::new();
+        for (nick, occupant) in std::mem::take(&mut self.occupants) {
+            let mut x = item_element(Affiliation::None, None, None, &[]);
+            x.append_child(notice.clone());
+            let mut gone = Element::bare("presence", ns::CLIENT);
+            set_attr(&mut gone, "type", "unavailable");
+            set_attr(&mut gone, "from", &self.occupant_jid(&nick));
+            gone.append_child(with_codes(x, &[status::SELF]));
+            for to in &occupant.sessions {
+                out.push((to.clone(), addressed(&gone, to)));
+            }
+        }
+        self.nicks.clear();
+        Ok(out)
+    }
+
+    /// A mediated invitation from an occupant (§7.8.2): one message from the room to each invitee.
+    /// In a members-only room the invitees become members, and only admins and owners (or
+    /// members, if the room allows it) may invite.
+    pub fn invite(
+        &mut self,
+        session: &FullJid,
+        x: &Element,
+    ) -> Result<Vec<(BareJid, Element)>, StanzaError> {
+        if !self.nicks.contains_key(session) {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::NotAcceptable,
+                "only occupants may invite",
+            ));
+        }
+        let inviter = session.to_bare();
+        let standing = self.affiliation(&inviter);
+        if self.config.members_only
+            && standing < Affiliation::Admin
+            && !(self.config.allow_member_invites && standing >= Affiliation::Member)
+        {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::Forbidden,
+                "only admins may invite to this members-only room",
+            ));
+        }
+        let mut out = Vec::new();
+        for invite in x.children().filter(|c| c.is("invite", NS_MUC_USER)) {
+            let invitee = invite
+                .attr("to")
+                .and_then(|j| crate::addr::parse_jid(j).ok())
+                .map(|j| j.to_bare())
+                .ok_or_else(|| {
+                    StanzaError::with_text(
+                        StanzaErrorCondition::JidMalformed,
+                        "an invitation is addressed to a valid JID",
+                    )
+                })?;
+            let reason = invite.get_child("reason", NS_MUC_USER).map(|r| r.text());
+            let mut forwarded = Element::bare("invite", NS_MUC_USER);
+            set_attr(&mut forwarded, "from", inviter.as_str());
+            if let Some(reason) = &reason {
+                let mut text = Element::bare("reason", NS_MUC_USER);
+                text.append_text(reason.clone());
+                forwarded.append_child(text);
+            }
+            let mut x = Element::bare("x", NS_MUC_USER);
+            x.append_child(forwarded);
+            if let Some(password) = &self.config.password {
+                let mut secret = Element::bare("password", NS_MUC_USER);
+                secret.append_text(password.clone());
+                x.append_child(secret);
+            }
+            let mut message = Element::bare("message", ns::CLIENT);
+            set_attr(&mut message, "from", self.jid.as_str());
+            set_attr(&mut message, "to", invitee.as_str());
+            message.append_child(x);
+            // For clients that show only bodies.
+            let mut body = Element::bare("body", ns::CLIENT);
+            body.append_text(match &reason {
+                Some(reason) => format!("{inviter} invites you to the room {}: {reason}", self.jid),
+                None => format!("{inviter} invites you to the room {}", self.jid),
+            });
+            message.append_child(body);
+            if self.config.members_only && self.affiliation(&invitee) == Affiliation::None {
+                self.affiliations
+                    .insert(invitee.clone(), Affiliation::Member);
+                self.changed = true;
+            }
+            out.push((invitee, message));
+        }
+        Ok(out)
+    }
+
+    /// A declined invitation (§7.8.2): passed on to the inviter, from the room.
+    pub fn decline(
+        &self,
+        from: &FullJid,
+        x: &Element,
+    ) -> Result<Vec<(BareJid, Element)>, StanzaError> {
+        let mut out = Vec::new();
+        for decline in x.children().filter(|c| c.is("decline", NS_MUC_USER)) {
+            let inviter = decline
+                .attr("to")
+                .and_then(|j| crate::addr::parse_jid(j).ok())
+                .map(|j| j.to_bare())
+                .ok_or(StanzaErrorCondition::JidMalformed)?;
+            let mut forwarded = Element::bare("decline", NS_MUC_USER);
+            set_attr(&mut forwarded, "from", from.to_bare().as_str());
+            if let Some(reason) = decline.get_child("reason", NS_MUC_USER) {
+                forwarded.append_child(reason.clone());
+            }
+            let mut x = Element::bare("x", NS_MUC_USER);
+            x.append_child(forwarded);
+            let mut message = Element::bare("message", ns::CLIENT);
+            set_attr(&mut message, "from", self.jid.as_str());
+            set_attr(&mut message, "to", inviter.as_str());
+            message.append_child(x);
+            out.push((inviter, message));
+        }
+        Ok(out)
+    }
+
+    /// Keeps a message (as sent to the room, without `to`) for the discussion history, stamped
+    /// with when the room got it.
+    fn remember(&mut self, mut message: Element) {
+        if self.config.history_length == 0 {
+            self.history.clear();
+            return;
+        }
+        let at = chrono::Utc::now();
+        let mut delay = Element::bare("delay", ns::DELAY);
+        set_attr(&mut delay, "from", self.jid.as_str());
+        set_attr(
+            &mut delay,
+            "stamp",
+            &at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        );
+        message.append_child(delay);
+        let bytes = xml::serialize(&message);
+        let chars = String::from_utf8_lossy(&bytes).chars().count();
+        self.history.push_back(Past {
+            at,
+            bytes: Bytes::from(bytes),
+            chars,
+        });
+        while self.history.len() > self.config.history_length {
+            self.history.pop_front();
+        }
+    }
+
+    /// The history a newcomer asked for with `<history/>` (§7.2.14): all that is kept without
+    /// one, else the newest that fit every limit given (maxstanzas, maxchars, seconds, since).
+    /// Oldest first.
+    fn history_for(&self, wanted: Option<&Element>) -> Vec<&Bytes> {
+        let limit = |name: &str| {
+            wanted
+                .and_then(|h| h.attr(name))
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        let max_stanzas = limit("maxstanzas").unwrap_or(usize::MAX);
+        let max_chars = limit("maxchars").unwrap_or(usize::MAX);
+        let now = chrono::Utc::now();
+        let not_before = [
+            // A span too long to represent reaches back to the beginning: no limit.
+            limit("seconds")
+                .and_then(|s| chrono::TimeDelta::try_seconds(i64::try_from(s).ok()?))
+                .and_then(|span| now.checked_sub_signed(span)),
+            wanted
+                .and_then(|h| h.attr("since"))
+                .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let mut chars = 0;
+        let mut picked: Vec<&Bytes> = Vec::new();
+        for past in self.history.iter().rev() {
+            if picked.len() >= max_stanzas
+                || not_before.is_some_and(|t| past.at < t)
+                || chars + past.chars > max_chars
+            {
+                break;
+            }
+            chars += past.chars;
+            picked.push(&past.bytes);
+        }
+        picked.reverse();
+        picked
     }
 
     /// The room's subject message, from whoever set it (or the room).
@@ -455,7 +1061,7 @@ impl Room {
                 let is_own = own.is_some_and(|(session, _)| session == to);
                 if other_nick == nick && !is_own {
                     // The occupant's other sessions hear of its update with the self code.
-                    let mine = self.presence_of(nick, occupant, &[STATUS_SELF]);
+                    let mine = self.presence_of(nick, occupant, &[status::SELF]);
                     out.push((to.clone(), addressed(&mine, to)));
                 } else if !is_own {
                     out.push((to.clone(), addressed(&others, to)));
@@ -468,6 +1074,41 @@ impl Room {
         }
         out
     }
+}
+
+/// One item of a muc#admin set request.
+#[derive(Debug)]
+pub enum AdminChange {
+    /// A role for the occupant `nick`; `None` kicks it.
+    Role {
+        nick: String,
+        role: Option<Role>,
+        reason: Option<String>,
+    },
+    Affiliation {
+        user: BareJid,
+        affiliation: Affiliation,
+        reason: Option<String>,
+    },
+}
+
+/// What a muc#admin get request lists.
+#[derive(Debug)]
+pub enum AdminList {
+    Affiliation(Affiliation),
+    Role(Role),
+}
+
+pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+
+/// `x` with status codes appended.
+fn with_codes(mut x: Element, codes: &[u16]) -> Element {
+    for code in codes {
+        let mut status = Element::bare("status", NS_MUC_USER);
+        set_attr(&mut status, "code", &code.to_string());
+        x.append_child(status);
+    }
+    x
 }
 
 /// `<x xmlns='…#user'><item affiliation role [jid]/><status code/>…</x>`.
@@ -485,12 +1126,7 @@ fn item_element(
         set_attr(&mut item, "jid", real.as_str());
     }
     x.append_child(item);
-    for code in codes {
-        let mut status = Element::bare("status", NS_MUC_USER);
-        set_attr(&mut status, "code", &code.to_string());
-        x.append_child(status);
-    }
-    x
+    with_codes(x, codes)
 }
 
 /// A stanza addressed to one session, serialized.
