@@ -239,11 +239,13 @@ async fn accept_loop(
                 let _ = tcp.set_nodelay(true);
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let state = state.clone();
-                        tokio::spawn(async move {
-                            crate::stream::serve(state, tcp, peer, direct_tls).await;
-                            drop(permit);
+                        let incoming = Box::new(crate::stream::Incoming {
+                            tcp,
+                            peer,
+                            direct_tls,
+                            permit,
                         });
+                        tokio::spawn(crate::stream::serve(state.clone(), incoming));
                     }
                     Err(_) => {
                         tracing::warn!(%peer, "connection limit reached; refusing a connection");

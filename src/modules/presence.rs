@@ -215,7 +215,7 @@ pub async fn go_unavailable(ctx: &SessionCtx, presence: Option<Element>) -> Resu
     let directed: Vec<Jid> = ctx
         .local
         .lock()
-        .map(|mut l| l.directed.drain().collect())
+        .map(|mut l| std::mem::take(&mut l.directed))
         .unwrap_or_default();
     if !ctx.handle.presence.is_available() && directed.is_empty() {
         return Ok(());
@@ -257,10 +257,12 @@ pub fn remember_directed(ctx: &SessionCtx, el: &Element, to: &Jid) {
     if let (false, Ok(mut local)) = (own, ctx.local.lock()) {
         match el.attr("type") {
             None => {
-                local.directed.insert(to.clone());
+                if !local.directed.contains(to) {
+                    local.directed.push(to.clone());
+                }
             }
             Some("unavailable") => {
-                local.directed.remove(to);
+                local.directed.retain(|j| j != to);
             }
             Some(_) => {}
         }

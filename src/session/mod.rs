@@ -46,7 +46,8 @@ pub struct SessionCtx {
 #[derive(Default)]
 pub struct SessionLocal {
     /// Entities that got directed presence and must hear when this session goes away (RFC 6121 §4.6).
-    pub directed: std::collections::HashSet<jid::Jid>,
+    /// A list, not a set: it is short, and every session carries one (a set is twice the size empty).
+    pub directed: Vec<jid::Jid>,
 }
 
 impl SessionCtx {

@@ -71,11 +71,28 @@ struct Negotiation {
     auth_failures: u32,
 }
 
+/// An accepted connection, with its place under the connection limit.
+pub struct Incoming {
+    pub tcp: TcpStream,
+    pub peer: SocketAddr,
+    pub direct_tls: bool,
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// Serves one accepted TCP connection to the end.
 ///
 /// Negotiation and the session are separate boxed futures: a task's memory is its largest state,
-/// and an idle session, held for hours, should not pay for TLS handshakes and SASL.
-pub async fn serve(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+/// and an idle session, held for hours, should not pay for TLS handshakes and SASL. The connection
+/// comes boxed for the same reason: this future is the task's, and tokio sizes a task's memory
+/// in 128-byte steps (a socket and an address held here for the whole session would cost one).
+pub async fn serve(state: Arc<ServerState>, incoming: Box<Incoming>) {
+    let Incoming {
+        tcp,
+        peer,
+        direct_tls,
+        permit,
+    } = *incoming;
+    let _permit = permit;
     let session = match Box::pin(negotiate(state.clone(), tcp, peer, direct_tls)).await {
         // Boxed here, so that this future never holds the (large) `Bound` itself.
         Some(bound) => Box::pin(crate::session::run(state, bound)),
