@@ -1184,6 +1184,27 @@ async fn invitations_reach_the_invitee_and_make_members_of_a_members_only_room()
         })
         .await;
     assert_eq!(error_condition(&bad).as_deref(), Some("jid-malformed"));
+    c[0].send(&format!(
+        "<message to='{r}' id='far'><x xmlns='{MUC_USER}'><invite to='zed@elsewhere.example'/></x></message>"
+    ))
+    .await;
+    let far = c[0]
+        .wait("remote invitee", |el| {
+            el.attr("id") == Some("far") && el.attr("type") == Some("error")
+        })
+        .await;
+    assert_eq!(
+        error_condition(&far).as_deref(),
+        Some("remote-server-not-found")
+    );
+    // Nothing changed for the refused invitation: no such member.
+    let members = affiliation_list(&mut c[0], &r, "member")
+        .await
+        .unwrap_or_default();
+    assert!(
+        !members.contains(&"zed@elsewhere.example".to_string()),
+        "{members:?}"
+    );
 }
 
 #[tokio::test]

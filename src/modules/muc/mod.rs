@@ -186,7 +186,7 @@ impl Service {
 /// A stanza from a local session (`from`, stamped) to the service or one of its rooms.
 pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid) {
     if let Some(x) = invitation(&el, to) {
-        if let Err(error) = invitations(state, &el, x, from, to).await {
+        if let Err(error) = invitations(state, x, from, to).await {
             if let Some(reply) = error.reply_to(&el) {
                 deliver(
                     state,
@@ -252,10 +252,9 @@ fn invitation<'a>(el: &'a Element, to: &Jid) -> Option<&'a Element> {
 }
 
 /// Sends a room's invitations (or declines) to the users they name, once what they changed in
-/// the room (new members) is stored. Only local users can be reached (no federation yet).
+/// the room (new members) is stored.
 async fn invitations(
     state: &ServerState,
-    el: &Element,
     x: &Element,
     from: &FullJid,
     to: &Jid,
@@ -265,6 +264,18 @@ async fn invitations(
     let room = state.muc.room(&room_jid).ok_or_else(|| {
         StanzaError::with_text(StanzaErrorCondition::ItemNotFound, "no such room")
     })?;
+    // Only local users can be reached (no federation yet): refused before anything changes.
+    let remote = x
+        .children()
+        .filter(|c| c.is("invite", NS_MUC_USER) || c.is("decline", NS_MUC_USER))
+        .filter_map(|c| c.attr("to").and_then(|j| crate::addr::parse_jid(j).ok()))
+        .any(|j| j.domain().as_str() != state.domain);
+    if remote {
+        return Err(StanzaError::with_text(
+            StanzaErrorCondition::RemoteServerNotFound,
+            "invitations reach local users only",
+        ));
+    }
     let messages = {
         let mut room = room
             .lock()
@@ -277,15 +288,8 @@ async fn invitations(
     };
     state.muc.persist(state, &room_jid).await?;
     for (user, message) in messages {
-        if user.domain().as_str() != state.domain {
-            return Err(StanzaError::with_text(
-                StanzaErrorCondition::RemoteServerNotFound,
-                "invitations reach local users only",
-            ));
-        }
         crate::router::deliver::service_message(state, message, &user).await?;
     }
-    let _ = el;
     Ok(())
 }
 
