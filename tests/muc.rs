@@ -1236,3 +1236,66 @@ async fn self_ping_tells_a_client_whether_it_is_still_in_the_room() {
     let left = c[1].iq("get", Some(&format!("{r}/Bob")), ping).await;
     assert_eq!(error_condition(&left).as_deref(), Some("not-acceptable"));
 }
+
+const OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+
+/// The occupant ids of a stanza (there must be at most one).
+fn occupant_ids(el: &Element) -> Vec<String> {
+    el.children()
+        .filter(|c| c.is("occupant-id", OCCUPANT_ID))
+        .filter_map(|c| c.attr("id").map(String::from))
+        .collect()
+}
+
+#[tokio::test]
+async fn occupants_carry_a_stable_occupant_id_that_clients_cannot_forge() {
+    let server = server_with_users(&["alice", "bob", "carol"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob", "carol"]).await;
+    let r = room("ids");
+    create(&mut c[0], &r, "Alice").await;
+    let info = c[0]
+        .iq("get", Some(&r), &format!("<query xmlns='{DISCO_INFO}'/>"))
+        .await;
+    assert!(xml(&info).contains(OCCUPANT_ID), "{}", xml(&info));
+    let own = join(&mut c[1], &r, "Bob").await;
+    let bob_id = occupant_ids(&own);
+    assert_eq!(bob_id.len(), 1, "{}", xml(&own));
+    let seen = c[0]
+        .wait("Bob's presence", |el| {
+            presence_from(el, &format!("{r}/Bob"))
+        })
+        .await;
+    assert_eq!(occupant_ids(&seen), bob_id);
+
+    // A forged id is replaced by the room's.
+    c[1].send(&format!(
+        "<message to='{r}' type='groupchat'><body>me</body><occupant-id xmlns='{OCCUPANT_ID}' id='forged'/></message>"
+    ))
+    .await;
+    let said = c[0]
+        .wait("message", |el| body(el).as_deref() == Some("me"))
+        .await;
+    assert_eq!(occupant_ids(&said), bob_id, "{}", xml(&said));
+
+    // The same user under another nick, later, has the same id; another user has another.
+    c[1].send(&format!("<presence to='{r}/Bob' type='unavailable'/>"))
+        .await;
+    gone_with(&mut c[1], &r, "Bob", "110").await;
+    let again = join(&mut c[1], &r, "Robert").await;
+    assert_eq!(occupant_ids(&again), bob_id);
+    let carol = join(&mut c[2], &r, "Carol").await;
+    assert_eq!(occupant_ids(&carol).len(), 1);
+    assert_ne!(occupant_ids(&carol), bob_id);
+
+    // History keeps the id.
+    let mut laptop = Client::bound_with(&server, "carol", PASSWORD, "laptop").await;
+    laptop
+        .send(&format!(
+            "<presence to='{r}/Carol2'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+    let past = laptop
+        .wait("history", |el| body(el).as_deref() == Some("me"))
+        .await;
+    assert_eq!(occupant_ids(&past), bob_id, "{}", xml(&past));
+}

@@ -50,7 +50,13 @@ pub const MODULE: Module = Module {
             45,
         "1.35.1",
         Support::Partial,
-        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history, private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords; no MUC archive, reserved nicks or occupant ids yet",
+        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history, private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords; no MUC archive or reserved nicks yet",
+        ),
+        Spec::xep(
+            421,
+            "1.0.1",
+            Support::Complete,
+            "every occupant presence and message from a room carries an occupant id, stable per user and room across restarts",
         ),
         Spec::xep(
             410,
@@ -781,6 +787,7 @@ fn room_info(room: &Room) -> Element {
         ns::DISCO_ITEMS,
         "http://jabber.org/protocol/muc#stable_id",
         "http://jabber.org/protocol/muc#self-ping-optimization",
+        room::NS_OCCUPANT_ID,
         pick(c.persistent, "muc_persistent", "muc_temporary"),
         pick(c.public, "muc_public", "muc_hidden"),
         pick(c.members_only, "muc_membersonly", "muc_open"),

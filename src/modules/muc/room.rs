@@ -122,6 +122,9 @@ pub struct StoredRoom {
     pub affiliations: Vec<(String, Affiliation)>,
     /// The subject and the occupant JID that set it.
     pub subject: Option<(String, String)>,
+    /// What occupant ids (XEP-0421) are derived with, so that they stay the same across restarts.
+    #[serde(default)]
+    pub occupant_id_salt: Option<String>,
 }
 
 impl RoomConfig {
@@ -171,6 +174,15 @@ pub struct Room {
     /// Recent messages for the discussion history, oldest first, serialized with their delay
     /// stamp and without `to`.
     history: VecDeque<Past>,
+    /// Random, per room: occupant ids (XEP-0421) are a hash of it and the user's bare JID, stable
+    /// for one user and not guessable for another.
+    occupant_id_salt: String,
+}
+
+pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+
+fn new_salt() -> String {
+    crate::modules::stanza_id::new_id()
 }
 
 /// A message in the discussion history.
@@ -204,6 +216,7 @@ impl Room {
             nicks: HashMap::new(),
             changed: true,
             history: VecDeque::new(),
+            occupant_id_salt: new_salt(),
         }
     }
 
@@ -222,8 +235,10 @@ impl Room {
             affiliations,
             occupants: BTreeMap::new(),
             nicks: HashMap::new(),
-            changed: false,
+            // A room stored before it had a salt gets one, stored with its next change.
+            changed: stored.occupant_id_salt.is_none(),
             history: VecDeque::new(),
+            occupant_id_salt: stored.occupant_id_salt.unwrap_or_else(new_salt),
         }
     }
 
@@ -239,6 +254,7 @@ impl Room {
             config: self.config.clone(),
             affiliations,
             subject: self.subject.clone(),
+            occupant_id_salt: Some(self.occupant_id_salt.clone()),
         }
     }
 
@@ -283,7 +299,9 @@ impl Room {
         let mut shown = presence.clone();
         // What others see: the client's show/status/caps, not its MUC join request.
         xml::retain_children(&mut shown, |c| {
-            !c.is("x", super::NS_MUC) && !c.is("x", NS_MUC_USER)
+            !c.is("x", super::NS_MUC)
+                && !c.is("x", NS_MUC_USER)
+                && !c.is("occupant-id", NS_OCCUPANT_ID)
         });
         if let Some(current) = self.nicks.get(session) {
             if current != nick {
@@ -418,6 +436,7 @@ impl Room {
             gone.append_child(status.clone());
         }
         let real = self.config.whois_anyone.then_some(session);
+        gone.append_child(self.occupant_id(&user));
         let mut own = gone.clone();
         set_attr(&mut own, "from", &self.occupant_jid(&nick));
         own.append_child(item_element(affiliation, None, real, &[status::SELF]));
@@ -460,6 +479,9 @@ impl Room {
         // Addressed per recipient by `with_to`.
         remove_attr(&mut out, "to");
         set_attr(&mut out, "from", &self.occupant_jid(&nick));
+        // XEP-0421: ours replaces any the client put there.
+        xml::retain_children(&mut out, |c| !c.is("occupant-id", NS_OCCUPANT_ID));
+        out.append_child(self.occupant_id(&session.to_bare()));
         crate::modules::stanza_id::stamp(&mut out, &self.jid);
         let subject = message.get_child("subject", ns::CLIENT);
         if let (Some(subject), None) = (subject, message.get_child("body", ns::CLIENT)) {
@@ -506,6 +528,8 @@ impl Room {
         let mut out = message.clone();
         remove_attr(&mut out, "to");
         set_attr(&mut out, "from", &self.occupant_jid(from));
+        xml::retain_children(&mut out, |c| !c.is("occupant-id", NS_OCCUPANT_ID));
+        out.append_child(self.occupant_id(&session.to_bare()));
         if out.get_child("x", NS_MUC_USER).is_none() {
             out.append_child(Element::bare("x", NS_MUC_USER));
         }
@@ -545,6 +569,7 @@ impl Room {
         let mut gone = Element::bare("presence", ns::CLIENT);
         set_attr(&mut gone, "type", "unavailable");
         set_attr(&mut gone, "from", &self.occupant_jid(old));
+        gone.append_child(self.occupant_id(&occupant.user));
         let mut x = item_element(affiliation, Some(occupant.role), real, &[]);
         if let Some(item) = x.get_child_mut("item", NS_MUC_USER) {
             set_attr(item, "nick", new);
@@ -595,6 +620,7 @@ impl Room {
         let mut gone = Element::bare("presence", ns::CLIENT);
         set_attr(&mut gone, "type", "unavailable");
         set_attr(&mut gone, "from", &self.occupant_jid(nick));
+        gone.append_child(self.occupant_id(&occupant.user));
         let mut own = gone.clone();
         gone.append_child(with_codes(x.clone(), codes));
         let own_codes: Vec<u16> = std::iter::once(status::SELF)
@@ -1046,7 +1072,26 @@ impl Room {
             real,
             codes,
         ));
+        presence.append_child(self.occupant_id(&occupant.user));
         presence
+    }
+
+    /// XEP-0421: `<occupant-id/>` for the user, the same in this room whenever they come back.
+    fn occupant_id(&self, user: &BareJid) -> Element {
+        use base64::Engine;
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.occupant_id_salt.as_bytes());
+        hash.update([0]);
+        hash.update(user.as_str().as_bytes());
+        let digest = hash.finalize();
+        let mut el = Element::bare("occupant-id", NS_OCCUPANT_ID);
+        set_attr(
+            &mut el,
+            "id",
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16]),
+        );
+        el
     }
 
     /// The occupant `nick`'s presence to everyone in the room; `own` gets its copy with its codes.
