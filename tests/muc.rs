@@ -821,6 +821,12 @@ async fn moderators_kick_and_give_voice_admins_ban_and_rights_are_checked() {
     let own = gone_with(&mut c[2], &r, "Carol", "307").await;
     assert!(codes(&own).contains(&"110".to_string()), "{}", xml(&own));
     assert!(xml(&own).contains("too loud"), "{}", xml(&own));
+    let actor = own
+        .get_child("x", MUC_USER)
+        .and_then(|x| x.get_child("item", MUC_USER))
+        .and_then(|i| i.get_child("actor", MUC_USER))
+        .and_then(|a| a.attr("nick").map(String::from));
+    assert_eq!(actor.as_deref(), Some("Alice"), "{}", xml(&own));
     gone_with(&mut c[1], &r, "Carol", "307").await;
 
     // A ban (by JID): out with 301 if present, refused on entering, on the ban list.

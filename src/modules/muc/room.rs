@@ -593,13 +593,14 @@ impl Room {
         Ok(Joined::Updated(out))
     }
 
-    /// Takes an occupant out of the room (kicked, banned, no longer a member, room destroyed):
-    /// unavailable presence with role none, `codes` and the reason to everyone, the self code to
+    /// Takes an occupant out of the room (kicked, banned, no longer a member): unavailable presence
+    /// with role none, `codes`, who did it (`actor`, a nick) and why to everyone, the self code to
     /// its own sessions, whose `nicks` entries go.
     fn remove_occupant(
         &mut self,
         nick: &str,
         codes: &[u16],
+        actor: Option<&str>,
         reason: Option<&str>,
     ) -> Vec<Delivery> {
         let Some(occupant) = self.occupants.remove(nick) else {
@@ -612,10 +613,17 @@ impl Room {
             .then(|| occupant.sessions.first())
             .flatten();
         let mut x = item_element(affiliation, None, real, &[]);
-        if let (Some(reason), Some(item)) = (reason, x.get_child_mut("item", NS_MUC_USER)) {
-            let mut text = Element::bare("reason", NS_MUC_USER);
-            text.append_text(reason);
-            item.append_child(text);
+        if let Some(item) = x.get_child_mut("item", NS_MUC_USER) {
+            if let Some(actor) = actor {
+                let mut by = Element::bare("actor", NS_MUC_USER);
+                set_attr(&mut by, "nick", actor);
+                item.append_child(by);
+            }
+            if let Some(reason) = reason {
+                let mut text = Element::bare("reason", NS_MUC_USER);
+                text.append_text(reason);
+                item.append_child(text);
+            }
         }
         let mut gone = Element::bare("presence", ns::CLIENT);
         set_attr(&mut gone, "type", "unavailable");
@@ -677,7 +685,15 @@ impl Room {
                     ));
                 }
                 match role {
-                    None => Ok(self.remove_occupant(nick, &[status::KICKED], reason.as_deref())),
+                    None => {
+                        let by = self.nick_of_user(actor);
+                        Ok(self.remove_occupant(
+                            nick,
+                            &[status::KICKED],
+                            by.as_deref(),
+                            reason.as_deref(),
+                        ))
+                    }
                     Some(role) => {
                         if let Some(target) = self.occupants.get_mut(nick) {
                             target.role = *role;
@@ -724,14 +740,20 @@ impl Room {
                     self.affiliations.insert(user.clone(), *affiliation);
                 }
                 self.changed = true;
-                Ok(self.affiliation_changed(user, reason.as_deref()))
+                let by = self.nick_of_user(actor);
+                Ok(self.affiliation_changed(user, by.as_deref(), reason.as_deref()))
             }
         }
     }
 
     /// After `user`'s affiliation changed: its occupants leave (banned, or no longer members of
     /// a members-only room) or take the role it brings, and the room hears of it.
-    fn affiliation_changed(&mut self, user: &BareJid, reason: Option<&str>) -> Vec<Delivery> {
+    fn affiliation_changed(
+        &mut self,
+        user: &BareJid,
+        actor: Option<&str>,
+        reason: Option<&str>,
+    ) -> Vec<Delivery> {
         let affiliation = self.affiliation(user);
         let nicks: Vec<String> = self
             .occupants
@@ -742,9 +764,9 @@ impl Room {
         let mut out = Vec::new();
         for nick in nicks {
             if affiliation == Affiliation::Outcast {
-                out.extend(self.remove_occupant(&nick, &[status::BANNED], reason));
+                out.extend(self.remove_occupant(&nick, &[status::BANNED], actor, reason));
             } else if self.config.members_only && affiliation < Affiliation::Member {
-                out.extend(self.remove_occupant(&nick, &[status::MEMBERSHIP_LOST], reason));
+                out.extend(self.remove_occupant(&nick, &[status::MEMBERSHIP_LOST], actor, reason));
             } else {
                 let role = Role::entering(affiliation, self.config.moderated);
                 if let Some(occupant) = self.occupants.get_mut(&nick) {
@@ -820,6 +842,14 @@ impl Room {
             }
         }
         Ok(items)
+    }
+
+    /// The nick `user` is in the room under, if any (the actor of a kick or ban).
+    fn nick_of_user(&self, user: &BareJid) -> Option<String> {
+        self.occupants
+            .iter()
+            .find(|(_, o)| &o.user == user)
+            .map(|(nick, _)| nick.clone())
     }
 
     /// The highest role any occupant of `user` has here.
