@@ -124,11 +124,7 @@ async fn to_bare(ctx: &SessionCtx, el: Element, bare: &BareJid) {
         // §8.5.2.1.3: an iq to another user's bare JID is handled by the server for that account.
         return Box::pin(crate::modules::contact_iq(ctx, el, bare)).await;
     }
-    let available = ctx.state.router.available(bare);
-    let non_negative: Vec<SessionHandle> = available
-        .into_iter()
-        .filter(|s| s.presence.priority() >= 0)
-        .collect();
+    let non_negative = ready(&ctx.state, bare);
     match el.attr("type").unwrap_or("normal") {
         // §8.5.2.1.1/§8.5.2.2.1: groupchat to a bare JID is an error.
         "groupchat" => refuse(ctx, &el, StanzaErrorCondition::ServiceUnavailable).await,
@@ -173,7 +169,7 @@ fn highest(mut sessions: Vec<SessionHandle>) -> Vec<SessionHandle> {
 /// storage, durable when this returns.
 pub async fn service_message(
     state: &crate::server::ServerState,
-    el: Element,
+    mut el: Element,
     to: &BareJid,
 ) -> Result<(), StanzaError> {
     if !state.accounts.exists(to)? {
@@ -182,31 +178,45 @@ pub async fn service_message(
             "no such user",
         ));
     }
-    let gate = state.offline_gate.lock(to).await;
-    let ready: Vec<SessionHandle> = state
-        .router
-        .available(to)
-        .into_iter()
-        .filter(|s| s.presence.priority() >= 0)
-        .collect();
-    if ready.is_empty() {
-        let stored = offline::store(state, to, &el).await?;
-        drop(gate);
-        return if stored {
-            Ok(())
-        } else {
-            Err(StanzaError::with_text(
-                StanzaErrorCondition::ServiceUnavailable,
-                "the recipient's offline storage is full",
-            ))
-        };
-    }
-    drop(gate);
-    let bytes = Bytes::from(xml::serialize(&el));
-    for session in highest(ready) {
-        session.send(Outbound::Stanza(bytes.clone())).await;
+    let sessions = ready_or_stored(state, &mut el, to).await?;
+    if !sessions.is_empty() {
+        let bytes = Bytes::from(xml::serialize(&el));
+        for session in sessions {
+            session.send(Outbound::Stanza(bytes.clone())).await;
+        }
     }
     Ok(())
+}
+
+/// The user's available resources that take messages to the bare JID (non-negative priority).
+fn ready(state: &crate::server::ServerState, bare: &BareJid) -> Vec<SessionHandle> {
+    let mut sessions = state.router.available(bare);
+    sessions.retain(|s| s.presence.priority() >= 0);
+    sessions
+}
+
+/// Decided under the user's offline gate, so that a session becoming available meanwhile cannot
+/// miss the message: the most available resources to deliver it to now, or none when it was stored
+/// for later (stamped with its stanza-id, durable on return).
+async fn ready_or_stored(
+    state: &crate::server::ServerState,
+    el: &mut Element,
+    bare: &BareJid,
+) -> Result<Vec<SessionHandle>, StanzaError> {
+    let _gate = state.offline_gate.lock(bare).await;
+    let sessions = ready(state, bare);
+    if !sessions.is_empty() {
+        return Ok(highest(sessions));
+    }
+    stanza_id::stamp(el, bare);
+    if offline::store(state, bare, el).await? {
+        Ok(Vec::new())
+    } else {
+        Err(StanzaError::with_text(
+            StanzaErrorCondition::ServiceUnavailable,
+            "the recipient's offline storage is full",
+        ))
+    }
 }
 
 /// XEP-0160: keep the message for later, or tell the sender why not.
@@ -215,36 +225,10 @@ async fn store_offline(ctx: &SessionCtx, mut el: Element, bare: &BareJid) {
         // Chat states and the like are dropped for offline users (XEP-0160 §3, XEP-0085).
         return;
     }
-    let gate = ctx.state.offline_gate.lock(bare).await;
-    // Re-checked under the gate: the user may have become available meanwhile.
-    let ready: Vec<SessionHandle> = ctx
-        .state
-        .router
-        .available(bare)
-        .into_iter()
-        .filter(|s| s.presence.priority() >= 0)
-        .collect();
-    if !ready.is_empty() {
-        drop(gate);
-        return deliver(ctx, el, bare, &highest(ready)).await;
-    }
-    stanza_id::stamp(&mut el, bare);
-    let stored = offline::store(&ctx.state, bare, &el).await;
-    drop(gate);
-    match stored {
-        Ok(true) => {}
-        Ok(false) => {
-            refuse(
-                ctx,
-                &el,
-                StanzaError::with_text(
-                    StanzaErrorCondition::ServiceUnavailable,
-                    "the recipient's offline storage is full",
-                ),
-            )
-            .await
-        }
-        Err(err) => refuse(ctx, &el, StanzaError::from(err)).await,
+    match ready_or_stored(&ctx.state, &mut el, bare).await {
+        Ok(sessions) if sessions.is_empty() => {}
+        Ok(sessions) => deliver(ctx, el, bare, &sessions).await,
+        Err(error) => refuse(ctx, &el, error).await,
     }
 }
 
