@@ -360,9 +360,12 @@ fn blocked_sender(blocklist: &super::blocking::Blocklist, stanza: &[u8]) -> bool
 
 /// Now in the XEP-0082 DateTime profile, UTC with milliseconds.
 pub fn now_stamp() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    stamp(chrono::Utc::now())
+}
+
+/// A XEP-0082 timestamp with milliseconds, as our XEP-0203 delays carry.
+pub fn stamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[cfg(test)]

@@ -44,18 +44,10 @@ pub mod ns {
 
 /// Escapes text for use in element content or a single- or double-quoted attribute value.
 pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
+    let mut out = Vec::with_capacity(text.len() + 8);
+    escape_into(text, true, &mut out);
+    // Only ASCII bytes were replaced, by ASCII: still UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Serializes one element for a `jabber:client` stream.
@@ -131,7 +123,7 @@ fn write_rest(el: &Element, ns: &str, out: &mut Vec<u8>) {
 /// Appends text escaped for element content or a single-quoted attribute value. Whitespace other
 /// than a plain space is written as a character reference in attributes (a parser would normalize
 /// it to a space), and a carriage return everywhere (a parser would drop it).
-fn escape_into(text: &str, attribute: bool, out: &mut Vec<u8>) {
+pub fn escape_into(text: &str, attribute: bool, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
