@@ -1,6 +1,9 @@
 //! Parsing JIDs at the edge, once, into the normalized form used everywhere else.
 
 use jid::Jid;
+use minidom::Element;
+
+use crate::error::{StanzaError, StanzaErrorCondition};
 
 /// Parses a JID from the wire. A trailing dot on the domain (`example.com.`) is the same domain
 /// (RFC 7622 §3.2); it is stripped first because the jid crate mis-splits `user@example.com./res`
@@ -14,6 +17,19 @@ pub fn parse_jid(text: &str) -> Result<Jid, jid::Error> {
         Some(trimmed) if !trimmed.is_empty() => Jid::new(&format!("{trimmed}{resource}")),
         _ => Jid::new(text),
     }
+}
+
+/// The JID in the attribute `name` of a request's element, or the `<jid-malformed/>` that
+/// refuses the request when it is missing or not a JID.
+pub fn jid_attr(el: &Element, name: &str) -> Result<Jid, StanzaError> {
+    el.attr(name)
+        .and_then(|j| parse_jid(j).ok())
+        .ok_or_else(|| {
+            StanzaError::with_text(
+                StanzaErrorCondition::JidMalformed,
+                format!("<{}/> needs a valid JID in '{name}'", el.name()),
+            )
+        })
 }
 
 #[cfg(test)]

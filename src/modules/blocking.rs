@@ -109,17 +109,7 @@ pub fn blocked_error() -> StanzaError {
 fn items_of(el: &Element) -> Result<Vec<String>, StanzaError> {
     el.children()
         .filter(|c| c.is("item", ns::BLOCKING))
-        .map(|item| {
-            item.attr("jid")
-                .and_then(|j| crate::addr::parse_jid(j).ok())
-                .map(|j| j.to_string())
-                .ok_or_else(|| {
-                    StanzaError::with_text(
-                        StanzaErrorCondition::JidMalformed,
-                        "an item's jid is not valid",
-                    )
-                })
-        })
+        .map(|item| crate::addr::jid_attr(item, "jid").map(|j| j.to_string()))
         .collect()
 }
 
