@@ -59,6 +59,11 @@ fn error_condition(el: &Element) -> Option<String> {
     })
 }
 
+/// Matches the error reply to the stanza with this id.
+fn error_reply(id: &str) -> impl Fn(&Element) -> bool + '_ {
+    move |el| el.attr("id") == Some(id) && el.attr("type") == Some("error")
+}
+
 fn presence_from(el: &Element, from: &str) -> bool {
     el.name() == "presence" && el.attr("from") == Some(from)
 }
@@ -513,11 +518,7 @@ async fn the_subject_is_set_by_moderators_and_given_to_newcomers() {
         "<message to='{r}' type='groupchat' id='s1'><subject>mine now</subject></message>"
     ))
     .await;
-    let refused = c[1]
-        .wait("forbidden", |el| {
-            el.attr("id") == Some("s1") && el.attr("type") == Some("error")
-        })
-        .await;
+    let refused = c[1].wait("forbidden", error_reply("s1")).await;
     assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
     c[0].send(&format!(
         "<message to='{r}' type='groupchat'><subject>Plans for Saturday</subject></message>"
@@ -782,11 +783,7 @@ async fn moderators_kick_and_give_voice_admins_ban_and_rights_are_checked() {
         "<message to='{r}' type='groupchat' id='v1'><body>hi</body></message>"
     ))
     .await;
-    let mute = c[1]
-        .wait("visitor refused", |el| {
-            el.attr("id") == Some("v1") && el.attr("type") == Some("error")
-        })
-        .await;
+    let mute = c[1].wait("visitor refused", error_reply("v1")).await;
     assert_eq!(error_condition(&mute).as_deref(), Some("forbidden"));
     let voice = admin(&mut c[0], &r, "<item nick='Bob' role='participant'/>").await;
     assert_eq!(voice.attr("type"), Some("result"), "{}", xml(&voice));
@@ -903,6 +900,20 @@ async fn moderators_kick_and_give_voice_admins_ban_and_rights_are_checked() {
     assert_eq!(error_condition(&bad).as_deref(), Some("bad-request"));
     let bad_jid = admin(&mut c[0], &r, "<item affiliation='member' jid='@@'/>").await;
     assert_eq!(error_condition(&bad_jid).as_deref(), Some("jid-malformed"));
+    // Items apply in turn: a refused one stops the rest and answers the request; the ones before
+    // it stand (and are stored and announced like any change).
+    let mixed = admin(
+        &mut c[0],
+        &r,
+        "<item affiliation='member' jid='carol@localhost'/><item nick='Nobody' role='none'/>",
+    )
+    .await;
+    assert_eq!(error_condition(&mixed).as_deref(), Some("item-not-found"));
+    assert_eq!(
+        affiliation_list(&mut c[0], &r, "member").await,
+        Ok(vec!["carol@localhost".to_string()])
+    );
+    assert_eq!(affiliation_list(&mut c[0], &r, "outcast").await, Ok(vec![]));
 }
 
 #[tokio::test]
@@ -990,11 +1001,7 @@ async fn the_owner_destroys_a_room_and_its_occupants_are_told_why() {
         "<message to='{r}' type='groupchat' id='late'><body>hello?</body></message>"
     ))
     .await;
-    let bounced = c[1]
-        .wait("bounce", |el| {
-            el.attr("id") == Some("late") && el.attr("type") == Some("error")
-        })
-        .await;
+    let bounced = c[1].wait("bounce", error_reply("late")).await;
     assert_eq!(error_condition(&bounced).as_deref(), Some("item-not-found"));
     drop(c);
     let server = TestServer::restart(server);
@@ -1136,11 +1143,7 @@ async fn invitations_reach_the_invitee_and_make_members_of_a_members_only_room()
         "<message to='{r}' id='inv2'><x xmlns='{MUC_USER}'><invite to='carol@localhost'/></x></message>"
     ))
     .await;
-    let refused = c[1]
-        .wait("refused invitation", |el| {
-            el.attr("id") == Some("inv2") && el.attr("type") == Some("error")
-        })
-        .await;
+    let refused = c[1].wait("refused invitation", error_reply("inv2")).await;
     assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
     // An offline invitee finds the invitation when it comes online; declining tells the inviter.
     configure(&mut c[0], &r, &[("muc#roomconfig_allowinvites", "1")]).await;
@@ -1184,21 +1187,13 @@ async fn invitations_reach_the_invitee_and_make_members_of_a_members_only_room()
         "<message to='{r}' id='bad'><x xmlns='{MUC_USER}'><invite to='@@'/></x></message>"
     ))
     .await;
-    let bad = c[0]
-        .wait("malformed invitee", |el| {
-            el.attr("id") == Some("bad") && el.attr("type") == Some("error")
-        })
-        .await;
+    let bad = c[0].wait("malformed invitee", error_reply("bad")).await;
     assert_eq!(error_condition(&bad).as_deref(), Some("jid-malformed"));
     c[0].send(&format!(
         "<message to='{r}' id='far'><x xmlns='{MUC_USER}'><invite to='zed@elsewhere.example'/></x></message>"
     ))
     .await;
-    let far = c[0]
-        .wait("remote invitee", |el| {
-            el.attr("id") == Some("far") && el.attr("type") == Some("error")
-        })
-        .await;
+    let far = c[0].wait("remote invitee", error_reply("far")).await;
     assert_eq!(
         error_condition(&far).as_deref(),
         Some("remote-server-not-found")

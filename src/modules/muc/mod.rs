@@ -23,7 +23,7 @@ use crate::router::Outbound;
 use crate::server::ServerState;
 use crate::store::{StoreError, Stores};
 use crate::xml::{self, ns};
-use room::{AdminChange, AdminList, Affiliation, Delivery, Joined, Room, RoomConfig, NS_MUC_ADMIN};
+use room::{AdminChange, AdminList, Affiliation, Delivery, Room, RoomConfig, NS_MUC_ADMIN};
 
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
@@ -214,22 +214,15 @@ pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid)
     let room_jid = to
         .node()
         .map(|node| BareJid::from_parts(Some(node), to.domain()));
-    let outcome = match (outcome, room_jid) {
-        (Ok(Done::Changed(deliveries)), Some(jid)) => state
-            .muc
-            .persist(state, &jid)
-            .await
-            .map(|()| deliveries)
-            .map_err(StanzaError::from),
-        (Ok(Done::Destroyed(deliveries)), Some(jid)) => state
-            .muc
-            .remove(state, &jid)
-            .await
-            .map(|()| deliveries)
-            .map_err(StanzaError::from),
-        (Ok(Done::Deliver(out) | Done::Changed(out) | Done::Destroyed(out)), _) => Ok(out),
-        (Err(error), _) => Err(error),
+    let stored = match (&outcome, &room_jid) {
+        (Ok(Done::Changed(_)), Some(jid)) => state.muc.persist(state, jid).await,
+        (Ok(Done::Destroyed(_)), Some(jid)) => state.muc.remove(state, jid).await,
+        _ => Ok(()),
     };
+    let outcome = stored
+        .map_err(StanzaError::from)
+        .and(outcome)
+        .map(Done::deliveries);
     match outcome {
         Ok(deliveries) => deliver(state, deliveries).await,
         Err(error) => {
@@ -308,6 +301,12 @@ enum Done {
 }
 
 impl Done {
+    fn deliveries(self) -> Vec<Delivery> {
+        match self {
+            Done::Deliver(out) | Done::Changed(out) | Done::Destroyed(out) => out,
+        }
+    }
+
     /// `Changed` when the room's stored state changed, else `Deliver`.
     fn after(room: &Room, deliveries: Vec<Delivery>) -> Done {
         if room.changed {
@@ -392,7 +391,7 @@ fn presence(
         .map_err(|_| StanzaErrorCondition::InternalServerError)?
         .join(from, &nick, el, created);
     match joined {
-        Ok(Joined::Entered(out) | Joined::Updated(out)) => Ok(out),
+        Ok(out) => Ok(out),
         Err(error) => {
             service.drop_if_empty(&room_jid);
             Err(error)
@@ -488,13 +487,23 @@ fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Don
                     Ok(Done::after(&room, vec![reply(result)]))
                 }
                 NS_MUC_ADMIN if set => {
-                    let mut out = Vec::new();
                     // Each item is checked and applied in turn; the first refusal stops the rest
-                    // (§9.2: the request as a whole is answered with that error).
+                    // and answers the request. What the items before it changed stands: it is
+                    // stored and announced like any change, so the room stays as everyone saw it.
+                    let mut out = Vec::new();
+                    let mut answer = reply(Element::bare("query", NS_MUC_ADMIN));
                     for change in admin_changes(payload)? {
-                        out.extend(room.admin_set(&actor, &change)?);
+                        match room.admin_set(&actor, &change) {
+                            Ok(deliveries) => out.extend(deliveries),
+                            Err(error) => {
+                                if let Some(refusal) = error.reply_to(el) {
+                                    answer = (from.clone(), Bytes::from(xml::serialize(&refusal)));
+                                }
+                                break;
+                            }
+                        }
                     }
-                    out.push(reply(Element::bare("query", NS_MUC_ADMIN)));
+                    out.push(answer);
                     Ok(Done::after(&room, out))
                 }
                 NS_MUC_ADMIN => {
@@ -557,16 +566,7 @@ fn admin_changes(query: &Element) -> Result<Vec<AdminChange>, StanzaError> {
                     reason,
                 }),
                 (None, Some(affiliation)) => Ok(AdminChange::Affiliation {
-                    user: item
-                        .attr("jid")
-                        .and_then(|j| crate::addr::parse_jid(j).ok())
-                        .map(|j| j.to_bare())
-                        .ok_or_else(|| {
-                            StanzaError::with_text(
-                                StanzaErrorCondition::JidMalformed,
-                                "an affiliation is changed by a valid JID",
-                            )
-                        })?,
+                    user: crate::addr::jid_attr(item, "jid")?.to_bare(),
                     affiliation: Affiliation::parse(affiliation)
                         .ok_or_else(|| bad("unknown affiliation"))?,
                     reason,

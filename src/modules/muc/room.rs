@@ -151,8 +151,10 @@ struct Occupant {
     user: BareJid,
     sessions: Vec<FullJid>,
     role: Role,
-    /// The occupant's last presence (its children, for others who join later).
+    /// The occupant's last presence (its children, for others who join later), without `to`.
     presence: Element,
+    /// Its XEP-0421 `<occupant-id/>`, derived once on entering.
+    id: Element,
 }
 
 /// A stanza for one session.
@@ -191,14 +193,6 @@ struct Past {
     bytes: Bytes,
     /// Characters of the whole stanza (what `maxchars` counts).
     chars: usize,
-}
-
-/// What a presence to `room/nick` did.
-pub enum Joined {
-    /// Entered the room (or a second session of the same occupant joined).
-    Entered(Vec<Delivery>),
-    /// A presence update from an occupant.
-    Updated(Vec<Delivery>),
 }
 
 impl Room {
@@ -294,9 +288,11 @@ impl Room {
         nick: &str,
         presence: &Element,
         created: bool,
-    ) -> Result<Joined, StanzaError> {
+    ) -> Result<Vec<Delivery>, StanzaError> {
         let user = session.to_bare();
         let mut shown = presence.clone();
+        // Addressed per recipient (`with_to`).
+        remove_attr(&mut shown, "to");
         // What others see: the client's show/status/caps, not its MUC join request.
         xml::retain_children(&mut shown, |c| {
             !c.is("x", super::NS_MUC)
@@ -313,7 +309,7 @@ impl Room {
                 .get_mut(nick)
                 .ok_or(StanzaErrorCondition::InternalServerError)?;
             occupant.presence = shown;
-            return Ok(Joined::Updated(self.broadcast_presence(nick, None)));
+            return Ok(self.broadcast_presence(nick, None));
         }
         let affiliation = self.affiliation(&user);
         if self.locked && affiliation != Affiliation::Owner {
@@ -378,6 +374,7 @@ impl Room {
             }
             None => {
                 let role = Role::entering(affiliation, self.config.moderated);
+                let id = self.occupant_id(&user);
                 self.occupants.insert(
                     nick.to_string(),
                     Occupant {
@@ -385,6 +382,7 @@ impl Room {
                         sessions: vec![session.clone()],
                         role,
                         presence: shown,
+                        id,
                     },
                 );
             }
@@ -415,7 +413,7 @@ impl Room {
             out.push((session.clone(), with_to(past, "message", session)));
         }
         out.push((session.clone(), addressed(&self.subject_message(), session)));
-        Ok(Joined::Entered(out))
+        Ok(out)
     }
 
     /// Unavailable presence from `session`: it leaves; the occupant leaves with its last session.
@@ -428,7 +426,7 @@ impl Room {
         };
         occupant.sessions.retain(|s| s != session);
         let last = occupant.sessions.is_empty();
-        let user = occupant.user.clone();
+        let (user, id) = (occupant.user.clone(), occupant.id.clone());
         let affiliation = self.affiliation(&user);
         let mut gone = Element::bare("presence", ns::CLIENT);
         set_attr(&mut gone, "type", "unavailable");
@@ -436,7 +434,7 @@ impl Room {
             gone.append_child(status.clone());
         }
         let real = self.config.whois_anyone.then_some(session);
-        gone.append_child(self.occupant_id(&user));
+        gone.append_child(id);
         let mut own = gone.clone();
         set_attr(&mut own, "from", &self.occupant_jid(&nick));
         own.append_child(item_element(affiliation, None, real, &[status::SELF]));
@@ -447,11 +445,7 @@ impl Room {
         self.occupants.remove(&nick);
         set_attr(&mut gone, "from", &self.occupant_jid(&nick));
         gone.append_child(item_element(affiliation, None, real, &[]));
-        for other in self.occupants.values() {
-            for to in &other.sessions {
-                out.push((to.clone(), addressed(&gone, to)));
-            }
-        }
+        out.extend(self.to_everyone(&gone));
         out
     }
 
@@ -468,8 +462,12 @@ impl Room {
                 "only occupants may send messages to the room",
             )
         })?;
-        let role = self.occupants.get(&nick).map(|o| o.role);
-        if role == Some(Role::Visitor) {
+        let (role, id) = self
+            .occupants
+            .get(&nick)
+            .map(|o| (o.role, o.id.clone()))
+            .ok_or(StanzaErrorCondition::InternalServerError)?;
+        if role == Role::Visitor {
             return Err(StanzaError::with_text(
                 StanzaErrorCondition::Forbidden,
                 "visitors may not speak in this moderated room",
@@ -481,11 +479,11 @@ impl Room {
         set_attr(&mut out, "from", &self.occupant_jid(&nick));
         // XEP-0421: ours replaces any the client put there.
         xml::retain_children(&mut out, |c| !c.is("occupant-id", NS_OCCUPANT_ID));
-        out.append_child(self.occupant_id(&session.to_bare()));
+        out.append_child(id);
         crate::modules::stanza_id::stamp(&mut out, &self.jid);
         let subject = message.get_child("subject", ns::CLIENT);
         if let (Some(subject), None) = (subject, message.get_child("body", ns::CLIENT)) {
-            if role != Some(Role::Moderator) && !self.config.change_subject {
+            if role != Role::Moderator && !self.config.change_subject {
                 return Err(StanzaError::with_text(
                     StanzaErrorCondition::Forbidden,
                     "only moderators may change the subject",
@@ -494,15 +492,9 @@ impl Room {
             self.subject = Some((subject.text(), self.occupant_jid(&nick)));
             self.changed = true;
         }
-        let serialized = xml::serialize(&out);
+        let deliveries = self.to_everyone(&out);
         if message.has_child("body", ns::CLIENT) {
             self.remember(out);
-        }
-        let mut deliveries = Vec::new();
-        for occupant in self.occupants.values() {
-            for to in &occupant.sessions {
-                deliveries.push((to.clone(), with_to(&serialized, "message", to)));
-            }
         }
         Ok(deliveries)
     }
@@ -529,7 +521,9 @@ impl Room {
         remove_attr(&mut out, "to");
         set_attr(&mut out, "from", &self.occupant_jid(from));
         xml::retain_children(&mut out, |c| !c.is("occupant-id", NS_OCCUPANT_ID));
-        out.append_child(self.occupant_id(&session.to_bare()));
+        if let Some(sender) = self.occupants.get(from) {
+            out.append_child(sender.id.clone());
+        }
         if out.get_child("x", NS_MUC_USER).is_none() {
             out.append_child(Element::bare("x", NS_MUC_USER));
         }
@@ -549,7 +543,7 @@ impl Room {
         old: &str,
         new: &str,
         shown: Element,
-    ) -> Result<Joined, StanzaError> {
+    ) -> Result<Vec<Delivery>, StanzaError> {
         if self.occupants.contains_key(new) {
             return Err(StanzaError::with_text(
                 StanzaErrorCondition::Conflict,
@@ -569,7 +563,7 @@ impl Room {
         let mut gone = Element::bare("presence", ns::CLIENT);
         set_attr(&mut gone, "type", "unavailable");
         set_attr(&mut gone, "from", &self.occupant_jid(old));
-        gone.append_child(self.occupant_id(&occupant.user));
+        gone.append_child(occupant.id.clone());
         let mut x = item_element(affiliation, Some(occupant.role), real, &[]);
         if let Some(item) = x.get_child_mut("item", NS_MUC_USER) {
             set_attr(item, "nick", new);
@@ -578,11 +572,7 @@ impl Room {
         let mut own = gone.clone();
         gone.append_child(with_codes(x.clone(), &[status::NICK_CHANGED]));
         own.append_child(with_codes(x, &[status::NICK_CHANGED, status::SELF]));
-        for other in self.occupants.values() {
-            for to in &other.sessions {
-                out.push((to.clone(), addressed(&gone, to)));
-            }
-        }
+        out.extend(self.to_everyone(&gone));
         for to in &occupant.sessions {
             out.push((to.clone(), addressed(&own, to)));
             self.nicks.insert(to.clone(), new.to_string());
@@ -590,7 +580,7 @@ impl Room {
         self.occupants.insert(new.to_string(), occupant);
         let codes = [status::SELF];
         out.extend(self.broadcast_presence(new, Some((session, &codes))));
-        Ok(Joined::Updated(out))
+        Ok(out)
     }
 
     /// Takes an occupant out of the room (kicked, banned, no longer a member): unavailable presence
@@ -628,7 +618,7 @@ impl Room {
         let mut gone = Element::bare("presence", ns::CLIENT);
         set_attr(&mut gone, "type", "unavailable");
         set_attr(&mut gone, "from", &self.occupant_jid(nick));
-        gone.append_child(self.occupant_id(&occupant.user));
+        gone.append_child(occupant.id.clone());
         let mut own = gone.clone();
         gone.append_child(with_codes(x.clone(), codes));
         let own_codes: Vec<u16> = std::iter::once(status::SELF)
@@ -640,11 +630,7 @@ impl Room {
             self.nicks.remove(to);
             out.push((to.clone(), addressed(&own, to)));
         }
-        for other in self.occupants.values() {
-            for to in &other.sessions {
-                out.push((to.clone(), addressed(&gone, to)));
-            }
-        }
+        out.extend(self.to_everyone(&gone));
         out
     }
 
@@ -890,6 +876,7 @@ impl Room {
             let mut gone = Element::bare("presence", ns::CLIENT);
             set_attr(&mut gone, "type", "unavailable");
             set_attr(&mut gone, "from", &self.occupant_jid(&nick));
+            gone.append_child(occupant.id);
             gone.append_child(with_codes(x, &[status::SELF]));
             for to in &occupant.sessions {
                 out.push((to.clone(), addressed(&gone, to)));
@@ -926,16 +913,7 @@ impl Room {
         }
         let mut out = Vec::new();
         for invite in x.children().filter(|c| c.is("invite", NS_MUC_USER)) {
-            let invitee = invite
-                .attr("to")
-                .and_then(|j| crate::addr::parse_jid(j).ok())
-                .map(|j| j.to_bare())
-                .ok_or_else(|| {
-                    StanzaError::with_text(
-                        StanzaErrorCondition::JidMalformed,
-                        "an invitation is addressed to a valid JID",
-                    )
-                })?;
+            let invitee = crate::addr::jid_attr(invite, "to")?.to_bare();
             let reason = invite.get_child("reason", NS_MUC_USER).map(|r| r.text());
             let mut forwarded = Element::bare("invite", NS_MUC_USER);
             set_attr(&mut forwarded, "from", inviter.as_str());
@@ -980,11 +958,7 @@ impl Room {
     ) -> Result<Vec<(BareJid, Element)>, StanzaError> {
         let mut out = Vec::new();
         for decline in x.children().filter(|c| c.is("decline", NS_MUC_USER)) {
-            let inviter = decline
-                .attr("to")
-                .and_then(|j| crate::addr::parse_jid(j).ok())
-                .map(|j| j.to_bare())
-                .ok_or(StanzaErrorCondition::JidMalformed)?;
+            let inviter = crate::addr::jid_attr(decline, "to")?.to_bare();
             let mut forwarded = Element::bare("decline", NS_MUC_USER);
             set_attr(&mut forwarded, "from", from.to_bare().as_str());
             if let Some(reason) = decline.get_child("reason", NS_MUC_USER) {
@@ -1011,11 +985,7 @@ impl Room {
         let at = chrono::Utc::now();
         let mut delay = Element::bare("delay", ns::DELAY);
         set_attr(&mut delay, "from", self.jid.as_str());
-        set_attr(
-            &mut delay,
-            "stamp",
-            &at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        );
+        set_attr(&mut delay, "stamp", &crate::modules::offline::stamp(at));
         message.append_child(delay);
         let bytes = xml::serialize(&message);
         let chars = String::from_utf8_lossy(&bytes).chars().count();
@@ -1102,8 +1072,19 @@ impl Room {
             real,
             codes,
         ));
-        presence.append_child(self.occupant_id(&occupant.user));
+        presence.append_child(occupant.id.clone());
         presence
+    }
+
+    /// One stanza (built without `to`) to every session of every occupant: serialized once, each
+    /// copy only gets its `to`.
+    fn to_everyone(&self, el: &Element) -> Vec<Delivery> {
+        let shared = xml::serialize(el);
+        self.occupants
+            .values()
+            .flat_map(|o| &o.sessions)
+            .map(|to| (to.clone(), with_to(&shared, el.name(), to)))
+            .collect()
     }
 
     /// XEP-0421: `<occupant-id/>` for the user, the same in this room whenever they come back.
@@ -1125,21 +1106,20 @@ impl Room {
     }
 
     /// The occupant `nick`'s presence to everyone in the room; `own` gets its copy with its codes.
+    /// Each version is serialized once for all its recipients.
     fn broadcast_presence(&self, nick: &str, own: Option<(&FullJid, &[u16])>) -> Vec<Delivery> {
         let Some(occupant) = self.occupants.get(nick) else {
             return Vec::new();
         };
-        let others = self.presence_of(nick, occupant, &[]);
+        let others = xml::serialize(&self.presence_of(nick, occupant, &[]));
+        // The occupant's other sessions hear of its update with the self code.
+        let mine = xml::serialize(&self.presence_of(nick, occupant, &[status::SELF]));
         let mut out = Vec::new();
         for (other_nick, other) in &self.occupants {
+            let shared = if other_nick == nick { &mine } else { &others };
             for to in &other.sessions {
-                let is_own = own.is_some_and(|(session, _)| session == to);
-                if other_nick == nick && !is_own {
-                    // The occupant's other sessions hear of its update with the self code.
-                    let mine = self.presence_of(nick, occupant, &[status::SELF]);
-                    out.push((to.clone(), addressed(&mine, to)));
-                } else if !is_own {
-                    out.push((to.clone(), addressed(&others, to)));
+                if own.is_none_or(|(session, _)| session != to) {
+                    out.push((to.clone(), with_to(shared, "presence", to)));
                 }
             }
         }
@@ -1206,9 +1186,7 @@ fn item_element(
 
 /// A stanza addressed to one session, serialized.
 fn addressed(el: &Element, to: &FullJid) -> Bytes {
-    let mut el = el.clone();
-    set_attr(&mut el, "to", to.as_str());
-    Bytes::from(xml::serialize(&el))
+    with_to(&xml::serialize(el), el.name(), to)
 }
 
 /// A serialized stanza (without `to`) with `to` added to its start tag: one serialization shared by
@@ -1217,9 +1195,9 @@ fn with_to(serialized: &[u8], name: &str, to: &FullJid) -> Bytes {
     let head = name.len() + 1;
     let mut bytes = Vec::with_capacity(serialized.len() + to.as_str().len() + 8);
     bytes.extend_from_slice(&serialized[..head.min(serialized.len())]);
-    bytes.extend_from_slice(b" to=\"");
-    bytes.extend_from_slice(xml::escape(to.as_str()).as_bytes());
-    bytes.push(b'"');
+    bytes.extend_from_slice(b" to='");
+    xml::escape_into(to.as_str(), true, &mut bytes);
+    bytes.push(b'\'');
     bytes.extend_from_slice(&serialized[head.min(serialized.len())..]);
     Bytes::from(bytes)
 }
