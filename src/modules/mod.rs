@@ -3,6 +3,7 @@
 //! declarations, so what is advertised is what runs.
 
 pub mod activity;
+pub mod archive;
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
@@ -148,6 +149,7 @@ pub const MODULES: &[&Module] = &[
     &blocking::MODULE,
     &crate::session::csi::MODULE,
     &muc::MODULE,
+    &archive::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.

@@ -42,7 +42,7 @@ pub const MODULE: Module = Module {
 
 /// Payload namespaces that make a message worth keeping for an offline user even without a body:
 /// receipts and markers (the ticks), encrypted bodies, corrections, retractions, reactions, invites.
-const KEEP_NAMESPACES: &[&str] = &[
+pub(crate) const KEEP_NAMESPACES: &[&str] = &[
     "urn:xmpp:receipts",
     "urn:xmpp:chat-markers:0",
     "eu.siacs.conversations.axolotl",

@@ -30,13 +30,18 @@ pub fn strip(message: &mut Element, by: &BareJid) {
 
 /// Replaces any `<stanza-id/>` by `by` with a new one, and returns the new id.
 pub fn stamp(message: &mut Element, by: &BareJid) -> String {
-    strip(message, by);
     let id = new_id();
+    stamp_with(message, by, &id);
+    id
+}
+
+/// Replaces any `<stanza-id/>` by `by` with one of the given id (an archive's, XEP-0313 §3.1).
+pub fn stamp_with(message: &mut Element, by: &BareJid, id: &str) {
+    strip(message, by);
     let mut stanza_id = Element::bare("stanza-id", ns::STANZA_ID);
-    set_attr(&mut stanza_id, "id", &id);
+    set_attr(&mut stanza_id, "id", id);
     set_attr(&mut stanza_id, "by", by.as_str());
     message.append_child(stanza_id);
-    id
 }
 
 /// A random id, 128 bits, URL-safe base64.

@@ -18,7 +18,11 @@ async fn to_muc(ctx: &SessionCtx, el: Element, to: &Jid) {
     if el.name() == "presence" && to.node().is_some() {
         crate::modules::presence::remember_directed(ctx, &el, to);
     }
-    crate::modules::muc::receive(&ctx.state, el, &ctx.jid, to).await;
+    if crate::modules::muc::receive(&ctx.state, el, &ctx.jid, to).await {
+        // Acknowledged means durable, the room's archive included.
+        ctx.unflushed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Routes a stanza whose `from` was stamped and whose `to` was parsed.

@@ -188,6 +188,40 @@ pub trait RoomStore: Send + Sync {
     fn delete_room(&self, room: &BareJid) -> Result<(), StoreError>;
 }
 
+/// One stanza in a message archive (XEP-0313).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedStanza {
+    /// When the archive got it, in microseconds since the Unix epoch; unique within the archive
+    /// and growing with arrival order (see `modules::archive::next_key`).
+    pub key: u64,
+    /// Random, part of the public id: ids are not guessable from the time (XEP-0313 §3).
+    pub nonce: u64,
+    /// The other party (user archives) or the sender's real bare JID (room archives).
+    pub with: String,
+    /// The stanza as it is handed out in results (serialized).
+    pub stanza: Vec<u8>,
+}
+
+/// Message archives (XEP-0313), one per archiving JID (a user's bare JID, a room's), each ordered
+/// by key so that a page is one range read.
+pub trait ArchiveStore: Send + Sync {
+    fn append(&self, archive: &BareJid, item: &ArchivedStanza) -> Result<(), StoreError>;
+    fn archived(&self, archive: &BareJid, key: u64) -> Result<Option<ArchivedStanza>, StoreError>;
+    /// The stanzas with keys in `from..=to`, oldest first (newest first when `newest_first`), that
+    /// `keep` accepts, at most `limit` of them.
+    #[allow(clippy::too_many_arguments)]
+    fn scan(
+        &self,
+        archive: &BareJid,
+        from: u64,
+        to: u64,
+        newest_first: bool,
+        limit: usize,
+        keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
+    ) -> Result<Vec<ArchivedStanza>, StoreError>;
+    fn delete_archive(&self, archive: &BareJid) -> Result<(), StoreError>;
+}
+
 /// Making accepted writes durable. Blocking: call through `Stores::flush`.
 pub trait Durability: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
@@ -203,6 +237,7 @@ pub struct Stores {
     pub activity: Arc<dyn ActivityStore>,
     pub values: Arc<dyn KeyValueStore>,
     pub rooms: Arc<dyn RoomStore>,
+    pub archive: Arc<dyn ArchiveStore>,
     durability: Arc<dyn Durability>,
     commit: Arc<GroupCommit>,
 }
@@ -229,6 +264,7 @@ impl Stores {
             activity: backend.clone(),
             values: backend.clone(),
             rooms: backend.clone(),
+            archive: backend.clone(),
             durability: backend,
             commit: Arc::default(),
         })

@@ -10,14 +10,17 @@
 //! - `activity`: `<user>` → `[1]` + Unix seconds (u64 big-endian) + status text (UTF-8).
 //! - `values`: `<user>\0<key>` → `[1]` + the document (vCard, private XML, blocklist).
 //! - `rooms`: `<room>@<service>` → `[1]` + the room's document (JSON, see `modules::muc::stored`).
+//! - `archive`: `<archive>\0` + key (u64 big-endian, microseconds, see `ArchivedStanza`) → `[1]` +
+//!   nonce (u64 big-endian) + length of `with` (u16 big-endian) + `with` + the stanza. One archive's
+//!   entries are one contiguous, time-ordered key range.
 
 use std::path::Path;
 
 use jid::BareJid;
 
 use super::{
-    AccountStore, ActivityStore, Durability, KeyValueStore, OfflineStore, RoomStore, RosterItem,
-    RosterStore, StoreError, StoredCredentials,
+    AccountStore, ActivityStore, ArchiveStore, ArchivedStanza, Durability, KeyValueStore,
+    OfflineStore, RoomStore, RosterItem, RosterStore, StoreError, StoredCredentials,
 };
 
 /// The schema this build reads and writes.
@@ -32,6 +35,7 @@ pub struct SledBackend {
     activity: sled::Tree,
     values: sled::Tree,
     rooms: sled::Tree,
+    archive: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -86,6 +90,7 @@ impl SledBackend {
         let activity = db.open_tree("activity").map_err(backend)?;
         let values = db.open_tree("values").map_err(backend)?;
         let rooms = db.open_tree("rooms").map_err(backend)?;
+        let archive = db.open_tree("archive").map_err(backend)?;
         Ok(SledBackend {
             db,
             accounts,
@@ -94,6 +99,7 @@ impl SledBackend {
             activity,
             values,
             rooms,
+            archive,
         })
     }
 }
@@ -476,6 +482,120 @@ impl RoomStore for SledBackend {
             .remove(room.as_str().as_bytes())
             .map_err(backend)?;
         Ok(())
+    }
+}
+
+fn archive_key(archive: &BareJid, key: u64) -> Vec<u8> {
+    let mut k = user_prefix(archive);
+    k.extend_from_slice(&key.to_be_bytes());
+    k
+}
+
+fn encode_archived(item: &ArchivedStanza) -> Vec<u8> {
+    let with = item.with.as_bytes();
+    let with = &with[..with.len().min(u16::MAX as usize)];
+    let mut v = Vec::with_capacity(1 + 8 + 2 + with.len() + item.stanza.len());
+    v.push(VALUE_VERSION);
+    v.extend_from_slice(&item.nonce.to_be_bytes());
+    v.extend_from_slice(&(with.len() as u16).to_be_bytes());
+    v.extend_from_slice(with);
+    v.extend_from_slice(&item.stanza);
+    v
+}
+
+fn decode_archived(
+    archive: &BareJid,
+    key: &[u8],
+    value: &[u8],
+) -> Result<ArchivedStanza, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        key: format!("archive/{archive}"),
+        message: "unreadable entry".into(),
+    };
+    let key = key
+        .len()
+        .checked_sub(8)
+        .and_then(|at| <[u8; 8]>::try_from(&key[at..]).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(corrupt)?;
+    let (&version, rest) = value.split_first().ok_or_else(corrupt)?;
+    if version != VALUE_VERSION || rest.len() < 10 {
+        return Err(corrupt());
+    }
+    let (nonce, rest) = rest.split_at(8);
+    let (length, rest) = rest.split_at(2);
+    let length = u16::from_be_bytes([length[0], length[1]]) as usize;
+    if rest.len() < length {
+        return Err(corrupt());
+    }
+    let (with, stanza) = rest.split_at(length);
+    Ok(ArchivedStanza {
+        key,
+        nonce: u64::from_be_bytes(<[u8; 8]>::try_from(nonce).map_err(|_| corrupt())?),
+        with: String::from_utf8(with.to_vec()).map_err(|_| corrupt())?,
+        stanza: stanza.to_vec(),
+    })
+}
+
+impl ArchiveStore for SledBackend {
+    fn append(&self, archive: &BareJid, item: &ArchivedStanza) -> Result<(), StoreError> {
+        self.archive
+            .insert(archive_key(archive, item.key), encode_archived(item))
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn archived(&self, archive: &BareJid, key: u64) -> Result<Option<ArchivedStanza>, StoreError> {
+        let k = archive_key(archive, key);
+        self.archive
+            .get(&k)
+            .map_err(backend)?
+            .map(|v| decode_archived(archive, &k, &v))
+            .transpose()
+    }
+
+    fn scan(
+        &self,
+        archive: &BareJid,
+        from: u64,
+        to: u64,
+        newest_first: bool,
+        limit: usize,
+        keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
+    ) -> Result<Vec<ArchivedStanza>, StoreError> {
+        let mut out = Vec::new();
+        if from > to || limit == 0 {
+            return Ok(out);
+        }
+        let range = self
+            .archive
+            .range(archive_key(archive, from)..=archive_key(archive, to));
+        let mut take = |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, StoreError> {
+            let (k, v) = entry.map_err(backend)?;
+            let item = decode_archived(archive, &k, &v)?;
+            if keep(&item) {
+                out.push(item);
+            }
+            Ok(out.len() < limit)
+        };
+        if newest_first {
+            for entry in range.rev() {
+                if !take(entry)? {
+                    break;
+                }
+            }
+        } else {
+            for entry in range {
+                if !take(entry)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_archive(&self, archive: &BareJid) -> Result<(), StoreError> {
+        Self::delete_prefix(&self.archive, &user_prefix(archive))
     }
 }
 

@@ -306,6 +306,15 @@ impl Client {
         self.queue.iter().filter(|g| pred(&g.el)).count()
     }
 
+    /// Removes and returns, in arrival order, every queued stanza matching `pred` (no waiting).
+    pub fn take(&mut self, pred: impl Fn(&Element) -> bool) -> Vec<Element> {
+        let (taken, kept): (VecDeque<Got>, VecDeque<Got>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|g| pred(&g.el));
+        self.queue = kept;
+        taken.into_iter().map(|g| g.el).collect()
+    }
+
     pub fn clear(&mut self) {
         self.queue.clear();
     }

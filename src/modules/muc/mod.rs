@@ -17,11 +17,12 @@ use minidom::Element;
 use xmpp_parsers::data_forms::{DataForm, DataFormType, Field, FieldType};
 use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity, Item};
 
+use super::archive;
 use super::{Module, Spec, Support};
 use crate::error::{StanzaError, StanzaErrorCondition};
 use crate::router::Outbound;
 use crate::server::ServerState;
-use crate::store::{StoreError, Stores};
+use crate::store::{ArchivedStanza, StoreError, Stores};
 use crate::xml::{self, ns};
 use room::{AdminChange, AdminList, Affiliation, Delivery, Room, RoomConfig, NS_MUC_ADMIN};
 
@@ -50,7 +51,7 @@ pub const MODULE: Module = Module {
             45,
         "1.35.1",
         Support::Partial,
-        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history, private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords; no MUC archive or reserved nicks yet",
+        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history (surviving restarts), private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords, room archives (XEP-0313); no reserved nicks yet",
         ),
         Spec::xep(
             421,
@@ -125,10 +126,19 @@ impl Service {
             }
             match serde_json::from_slice::<room::StoredRoom>(&doc) {
                 Ok(stored) => {
-                    rooms.insert(
-                        jid.clone(),
-                        Arc::new(Mutex::new(Room::restore(jid, stored))),
-                    );
+                    // The newest archived messages are the history again, and the archive's
+                    // next key follows its last.
+                    let newest = stores.archive.scan(
+                        &jid,
+                        0,
+                        u64::MAX,
+                        true,
+                        stored.config.history_length.max(1),
+                        &mut |_| true,
+                    )?;
+                    let mut room = Room::restore(jid.clone(), stored);
+                    room.restore_history(&newest);
+                    rooms.insert(jid, Arc::new(Mutex::new(room)));
                 }
                 Err(err) => {
                     tracing::error!(room = %jid, error = %err, "cannot read a stored room; skipped")
@@ -165,32 +175,47 @@ impl Service {
         state.stores.flush().await
     }
 
-    /// Removes a destroyed room, from memory and from the store.
+    /// Removes a destroyed room, from memory and from the store, its archive with it.
     async fn remove(&self, state: &ServerState, jid: &BareJid) -> Result<(), StoreError> {
         if let Ok(mut rooms) = self.rooms.lock() {
             rooms.remove(jid);
         }
         state.stores.rooms.delete_room(jid)?;
+        state.stores.archive.delete_archive(jid)?;
         state.stores.flush().await
     }
 
-    /// Forgets a room that has no occupants left, unless it is persistent.
-    fn drop_if_empty(&self, jid: &BareJid) {
-        if let Ok(mut rooms) = self.rooms.lock() {
-            let empty = rooms.get(jid).is_some_and(|room| {
-                room.lock()
-                    .map(|r| r.is_empty() && (!r.config.persistent || r.locked))
-                    .unwrap_or(false)
-            });
-            if empty {
-                rooms.remove(jid);
+    /// Forgets a room that has no occupants left, unless it is persistent; a temporary room's
+    /// archive goes with it.
+    fn drop_if_empty(&self, stores: &Stores, jid: &BareJid) {
+        let dropped = match self.rooms.lock() {
+            Ok(mut rooms) => {
+                let empty = rooms.get(jid).is_some_and(|room| {
+                    room.lock()
+                        .map(|r| r.is_empty() && (!r.config.persistent || r.locked))
+                        .unwrap_or(false)
+                });
+                empty && rooms.remove(jid).is_some()
             }
+            Err(_) => false,
+        };
+        if dropped {
+            forget_archive(stores, jid);
         }
     }
 }
 
-/// A stanza from a local session (`from`, stamped) to the service or one of its rooms.
-pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid) {
+/// Deletes the archive of a room that is gone (or of one left behind by a temporary room when
+/// the server stopped, before a new room of that name starts).
+fn forget_archive(stores: &Stores, jid: &BareJid) {
+    if let Err(err) = stores.archive.delete_archive(jid) {
+        tracing::error!(room = %jid, error = %err, "cannot delete a room's archive");
+    }
+}
+
+/// A stanza from a local session (`from`, stamped) to the service or one of its rooms. True when
+/// it was written to a room's archive: the sender's acknowledgement waits for it to be durable.
+pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid) -> bool {
     if let Some(x) = invitation(&el, to) {
         if let Err(error) = invitations(state, x, from, to).await {
             if let Some(reply) = error.reply_to(&el) {
@@ -201,7 +226,7 @@ pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid)
                 .await;
             }
         }
-        return;
+        return false;
     }
     let outcome = match el.name() {
         "presence" => presence(state, &el, from, to).map(Done::Deliver),
@@ -214,6 +239,7 @@ pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid)
     let room_jid = to
         .node()
         .map(|node| BareJid::from_parts(Some(node), to.domain()));
+    let archived = matches!(outcome, Ok(Done::Archived(_)));
     let stored = match (&outcome, &room_jid) {
         (Ok(Done::Changed(_)), Some(jid)) => state.muc.persist(state, jid).await,
         (Ok(Done::Destroyed(_)), Some(jid)) => state.muc.remove(state, jid).await,
@@ -224,7 +250,10 @@ pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid)
         .and(outcome)
         .map(Done::deliveries);
     match outcome {
-        Ok(deliveries) => deliver(state, deliveries).await,
+        Ok(deliveries) => {
+            deliver(state, deliveries).await;
+            archived
+        }
         Err(error) => {
             if let Some(reply) = error.reply_to(&el) {
                 deliver(
@@ -233,6 +262,7 @@ pub async fn receive(state: &ServerState, el: Element, from: &FullJid, to: &Jid)
                 )
                 .await;
             }
+            false
         }
     }
 }
@@ -293,9 +323,11 @@ async fn invitations(
 }
 
 /// What handling a stanza did: the deliveries it causes, to make once the room's state is stored
-/// (`Changed`) or the room removed (`Destroyed`).
+/// (`Changed`) or the room removed (`Destroyed`); `Archived` when the stanza went into the room's
+/// archive (durable with the sender's next acknowledgement).
 enum Done {
     Deliver(Vec<Delivery>),
+    Archived(Vec<Delivery>),
     Changed(Vec<Delivery>),
     Destroyed(Vec<Delivery>),
 }
@@ -303,7 +335,10 @@ enum Done {
 impl Done {
     fn deliveries(self) -> Vec<Delivery> {
         match self {
-            Done::Deliver(out) | Done::Changed(out) | Done::Destroyed(out) => out,
+            Done::Deliver(out)
+            | Done::Archived(out)
+            | Done::Changed(out)
+            | Done::Destroyed(out) => out,
         }
     }
 
@@ -317,18 +352,33 @@ impl Done {
     }
 }
 
-/// Hands each stanza to its session. A full queue does not stop the fan-out: that one copy waits
-/// in a task of its own (the session is closed if it stays full, see `SessionHandle::send`).
+/// Hands each stanza to its session. A full queue does not stop the fan-out: what that session
+/// still has to get waits, in order, in a task of its own (the session is closed if it stays
+/// full, see `SessionHandle::send`).
 async fn deliver(state: &ServerState, deliveries: Vec<Delivery>) {
+    let mut waiting: HashMap<FullJid, (crate::router::SessionHandle, Vec<Outbound>)> =
+        HashMap::new();
     for (to, bytes) in deliveries {
+        let out = Outbound::Stanza(bytes);
+        // Once one copy waits, the session's later copies queue behind it: a joining session
+        // gets presences, history and subject in order, a query its results before the end.
+        if let Some((_, later)) = waiting.get_mut(&to) {
+            later.push(out);
+            continue;
+        }
         let Some(session) = state.router.get(&to) else {
             continue;
         };
-        if let Err(out) = session.try_send(Outbound::Stanza(bytes)) {
-            tokio::spawn(async move {
-                session.send(out).await;
-            });
+        if let Err(out) = session.try_send(out) {
+            waiting.insert(to, (session, vec![out]));
         }
+    }
+    for (_, (session, items)) in waiting {
+        tokio::spawn(async move {
+            for out in items {
+                session.send(out).await;
+            }
+        });
     }
 }
 
@@ -356,7 +406,7 @@ fn presence(
             Ok(mut room) => room.leave(from, el),
             Err(_) => Vec::new(),
         };
-        service.drop_if_empty(&room_jid);
+        service.drop_if_empty(&state.stores, &room_jid);
         return Ok(out);
     }
     let nick = match to.resource() {
@@ -386,6 +436,9 @@ fn presence(
             }
         }
     };
+    if created {
+        forget_archive(&state.stores, &room_jid);
+    }
     let joined = room
         .lock()
         .map_err(|_| StanzaErrorCondition::InternalServerError)?
@@ -393,7 +446,7 @@ fn presence(
     match joined {
         Ok(out) => Ok(out),
         Err(error) => {
-            service.drop_if_empty(&room_jid);
+            service.drop_if_empty(&state.stores, &room_jid);
             Err(error)
         }
     }
@@ -419,7 +472,7 @@ fn message(
         .lock()
         .map_err(|_| StanzaErrorCondition::InternalServerError)?;
     let deliveries = match (to.resource(), el.attr("type")) {
-        (None, Some("groupchat")) => room.groupchat(from, el),
+        (None, Some("groupchat")) => return groupchat(state, &mut room, from, el),
         (None, _) => Err(StanzaError::with_text(
             StanzaErrorCondition::BadRequest,
             "messages to a room are of type groupchat",
@@ -431,6 +484,166 @@ fn message(
         (Some(nick), _) => room.private(from, nick.as_str(), el),
     }?;
     Ok(Done::after(&room, deliveries))
+}
+
+/// A groupchat message: into the room's archive under the id its copies carry (when the room
+/// keeps one and the message is worth keeping), into the history, then to everyone. Written to
+/// the archive under the room's lock, so the archive's order is the order occupants saw.
+fn groupchat(
+    state: &ServerState,
+    room: &mut Room,
+    from: &FullJid,
+    el: &Element,
+) -> Result<Done, StanzaError> {
+    let archived = (room.config.archiving && archive::worth_archiving(el))
+        .then(|| (archive::next_key(room.archive_last), archive::new_nonce()));
+    let id = archived.map(|(key, nonce)| archive::public_id(key, nonce));
+    let posted = room.groupchat(from, el, id.as_deref())?;
+    if let Some((key, nonce)) = archived {
+        let item = ArchivedStanza {
+            key,
+            nonce,
+            with: from.to_bare().to_string(),
+            stanza: posted.serialized,
+        };
+        state.stores.archive.append(&room.jid, &item)?;
+        room.archive_last = key;
+    }
+    room.remember(posted.message);
+    Ok(match (room.changed, archived) {
+        (true, _) => Done::Changed(posted.deliveries),
+        (false, Some(_)) => Done::Archived(posted.deliveries),
+        (false, None) => Done::Deliver(posted.deliveries),
+    })
+}
+
+/// A XEP-0313 request to a room's archive: the search form, the metadata, or a query, whose
+/// results go to the asker before the iq result. The room is locked only to check the asker's
+/// rights, not while the archive is read.
+fn archive_iq(
+    state: &ServerState,
+    el: &Element,
+    payload: &Element,
+    from: &FullJid,
+    room_jid: &BareJid,
+) -> Result<Done, StanzaError> {
+    let asker = from.to_bare();
+    let shows_real_jids = {
+        let room = state
+            .muc
+            .room(room_jid)
+            .ok_or(StanzaErrorCondition::ItemNotFound)?;
+        let room = room
+            .lock()
+            .map_err(|_| StanzaErrorCondition::InternalServerError)?;
+        if room.locked {
+            return Err(StanzaErrorCondition::ItemNotFound.into());
+        }
+        if !room.config.archiving {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::FeatureNotImplemented,
+                "this room keeps no archive",
+            ));
+        }
+        room.may_read_archive(&asker)?;
+        room.shows_real_jids_to(&asker)
+    };
+    let store = state.stores.archive.as_ref();
+    let reply = |payload: Element| {
+        (
+            from.clone(),
+            Bytes::from(xml::serialize(&super::result_for(el, Some(payload)))),
+        )
+    };
+    let set = el.attr("type") == Some("set");
+    match payload.name() {
+        "metadata" if !set => Ok(Done::Deliver(vec![reply(archive::metadata(
+            store, room_jid,
+        )?)])),
+        "query" if !set => Ok(Done::Deliver(vec![reply(archive::search_form())])),
+        "query" => {
+            let query = archive::Query::parse(store, room_jid, payload)?;
+            let mut keep = archive_filter(room_jid, query.with.as_ref(), shows_real_jids)?;
+            let page = archive::run(store, room_jid, &query, &mut keep)?;
+            let mut out: Vec<Delivery> = Vec::with_capacity(page.items.len() + 1);
+            let mut push = |item: &ArchivedStanza| {
+                let stanza = if shows_real_jids {
+                    with_real_jid(&item.stanza, &item.with)
+                } else {
+                    item.stanza.clone()
+                };
+                out.push((
+                    from.clone(),
+                    archive::result_message(
+                        Some(room_jid),
+                        from,
+                        query.queryid.as_deref(),
+                        item,
+                        &stanza,
+                    ),
+                ));
+            };
+            if query.flip {
+                page.items.iter().rev().for_each(&mut push);
+            } else {
+                page.items.iter().for_each(&mut push);
+            }
+            out.push(reply(archive::fin(&page)));
+            Ok(Done::Deliver(out))
+        }
+        _ => Err(StanzaErrorCondition::BadRequest.into()),
+    }
+}
+
+/// Which archived messages a room query's `with` selects (XEP-0313 §4.1.1): those of one
+/// occupant JID (`room/nick`), or, for whoever may see real JIDs, of one user.
+fn archive_filter(
+    room_jid: &BareJid,
+    with: Option<&Jid>,
+    shows_real_jids: bool,
+) -> Result<archive::Filter, StanzaError> {
+    let Some(with) = with else {
+        return Ok(Box::new(|_| true));
+    };
+    if with.to_bare() == *room_jid {
+        let occupant = with.to_string();
+        return Ok(Box::new(move |item| {
+            std::str::from_utf8(&item.stanza)
+                .ok()
+                .and_then(|text| text.parse::<Element>().ok())
+                .is_some_and(|message| message.attr("from") == Some(occupant.as_str()))
+        }));
+    }
+    if !shows_real_jids {
+        return Err(StanzaError::with_text(
+            StanzaErrorCondition::Forbidden,
+            "occupants' real JIDs are not shown in this room: search by occupant JID",
+        ));
+    }
+    let user = with.to_bare().to_string();
+    Ok(Box::new(move |item| item.with == user))
+}
+
+/// An archived room message with the sender's real JID (XEP-0313 §6.1.2: for askers who may see
+/// it), as `<x xmlns='…muc#user'><item jid=…/></x>` before the message's end.
+fn with_real_jid(stanza: &[u8], jid: &str) -> Vec<u8> {
+    let end = b"</message>";
+    let Some(at) = stanza
+        .len()
+        .checked_sub(end.len())
+        .filter(|&at| stanza[at..] == *end)
+    else {
+        return stanza.to_vec();
+    };
+    let mut out = Vec::with_capacity(stanza.len() + jid.len() + 80);
+    out.extend_from_slice(&stanza[..at]);
+    out.extend_from_slice(b"<x xmlns='");
+    out.extend_from_slice(NS_MUC_USER.as_bytes());
+    out.extend_from_slice(b"'><item jid='");
+    xml::escape_into(jid, true, &mut out);
+    out.extend_from_slice(b"'/></x>");
+    out.extend_from_slice(end);
+    out
 }
 
 fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Done, StanzaError> {
@@ -457,6 +670,10 @@ fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Don
                 _ => return Err(StanzaErrorCondition::ServiceUnavailable.into()),
             };
             Ok(Done::Deliver(vec![reply(result)]))
+        }
+        (Some(node), None) if payload.ns() == archive::NS_MAM => {
+            let room_jid = BareJid::from_parts(Some(node), to.domain());
+            archive_iq(state, el, payload, from, &room_jid)
         }
         (Some(node), None) => {
             let room_jid = BareJid::from_parts(Some(node), to.domain());
@@ -677,6 +894,7 @@ fn config_form(room: &Room) -> DataForm {
                 &c.history_length.to_string(),
             ),
             boolean("muc#roomconfig_allowinvites", c.allow_member_invites),
+            boolean("muc#roomconfig_enablearchiving", c.archiving),
         ],
     )
 }
@@ -709,6 +927,7 @@ fn apply_config(room: &mut Room, form: &DataForm) -> Result<(), StanzaError> {
             "muc#roomconfig_passwordprotectedroom" => protect = boolean()?,
             "muc#roomconfig_roomsecret" => secret = value,
             "muc#roomconfig_allowinvites" => config.allow_member_invites = boolean()?,
+            "muc#roomconfig_enablearchiving" => config.archiving = boolean()?,
             "muc#roomconfig_whois" => {
                 config.whois_anyone = match value.as_str() {
                     "anyone" => true,
@@ -781,7 +1000,7 @@ fn room_info(room: &Room) -> Element {
         c.name.clone()
     };
     let pick = |on: bool, yes: &'static str, no: &'static str| if on { yes } else { no };
-    let features = [
+    let mut features = vec![
         NS_MUC,
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
@@ -799,6 +1018,9 @@ fn room_info(room: &Room) -> Element {
             "muc_unsecured",
         ),
     ];
+    if c.archiving {
+        features.extend([archive::NS_MAM, archive::NS_MAM_EXTENDED]);
+    }
     let form = DataForm::new(
         DataFormType::Result_,
         ROOMINFO,

@@ -109,6 +109,13 @@ pub struct RoomConfig {
     /// How many recent messages newcomers get as discussion history (§7.2.14).
     #[serde(default = "default_history_length")]
     pub history_length: usize,
+    /// Messages are kept in the room's archive (XEP-0313), for members to catch up.
+    #[serde(default = "default_archiving")]
+    pub archiving: bool,
+}
+
+fn default_archiving() -> bool {
+    true
 }
 
 fn default_history_length() -> usize {
@@ -142,6 +149,7 @@ impl RoomConfig {
             max_occupants,
             history_length: default_history_length(),
             allow_member_invites: false,
+            archiving: default_archiving(),
         }
     }
 }
@@ -159,6 +167,16 @@ struct Occupant {
 
 /// A stanza for one session.
 pub type Delivery = (FullJid, Bytes);
+
+/// A groupchat message the room accepted.
+pub struct Posted {
+    /// A copy for every occupant's every session.
+    pub deliveries: Vec<Delivery>,
+    /// The message as the room sent it, without `to`: for the history (`Room::remember`)...
+    pub message: Element,
+    /// ...and serialized, for the archive.
+    pub serialized: Vec<u8>,
+}
 
 pub struct Room {
     pub jid: BareJid,
@@ -179,6 +197,8 @@ pub struct Room {
     /// Random, per room: occupant ids (XEP-0421) are a hash of it and the user's bare JID, stable
     /// for one user and not guessable for another.
     occupant_id_salt: String,
+    /// The key of the newest stanza in the room's archive (0 when empty): the next one's is after.
+    pub archive_last: u64,
 }
 
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
@@ -211,6 +231,7 @@ impl Room {
             changed: true,
             history: VecDeque::new(),
             occupant_id_salt: new_salt(),
+            archive_last: 0,
         }
     }
 
@@ -233,6 +254,7 @@ impl Room {
             changed: stored.occupant_id_salt.is_none(),
             history: VecDeque::new(),
             occupant_id_salt: stored.occupant_id_salt.unwrap_or_else(new_salt),
+            archive_last: 0,
         }
     }
 
@@ -450,12 +472,14 @@ impl Room {
     }
 
     /// A groupchat message from `session`: to every occupant, the sender included, with the room's
-    /// stanza-id. Serialized once; each copy differs only in its `to`.
+    /// stanza-id (`archive_id` when the message is archived under it, else a fresh one).
+    /// Serialized once; each copy differs only in its `to`.
     pub fn groupchat(
         &mut self,
         session: &FullJid,
         message: &Element,
-    ) -> Result<Vec<Delivery>, StanzaError> {
+        archive_id: Option<&str>,
+    ) -> Result<Posted, StanzaError> {
         let nick = self.nicks.get(session).cloned().ok_or_else(|| {
             StanzaError::with_text(
                 StanzaErrorCondition::NotAcceptable,
@@ -477,10 +501,20 @@ impl Room {
         // Addressed per recipient by `with_to`.
         remove_attr(&mut out, "to");
         set_attr(&mut out, "from", &self.occupant_jid(&nick));
-        // XEP-0421: ours replaces any the client put there.
-        xml::retain_children(&mut out, |c| !c.is("occupant-id", NS_OCCUPANT_ID));
+        // XEP-0421: ours replaces any the client put there; and only the room speaks about
+        // occupants (a client's muc#user item could claim someone else's JID).
+        xml::retain_children(&mut out, |c| {
+            !c.is("occupant-id", NS_OCCUPANT_ID) && !c.is("x", NS_MUC_USER)
+        });
         out.append_child(id);
-        crate::modules::stanza_id::stamp(&mut out, &self.jid);
+        match archive_id {
+            Some(archive_id) => {
+                crate::modules::stanza_id::stamp_with(&mut out, &self.jid, archive_id)
+            }
+            None => {
+                crate::modules::stanza_id::stamp(&mut out, &self.jid);
+            }
+        }
         let subject = message.get_child("subject", ns::CLIENT);
         if let (Some(subject), None) = (subject, message.get_child("body", ns::CLIENT)) {
             if role != Role::Moderator && !self.config.change_subject {
@@ -492,11 +526,67 @@ impl Room {
             self.subject = Some((subject.text(), self.occupant_jid(&nick)));
             self.changed = true;
         }
-        let deliveries = self.to_everyone(&out);
-        if message.has_child("body", ns::CLIENT) {
-            self.remember(out);
+        let serialized = xml::serialize(&out);
+        Ok(Posted {
+            deliveries: self.copies_to_everyone(&serialized, "message"),
+            message: out,
+            serialized,
+        })
+    }
+
+    /// Whether `user` may learn occupants' real JIDs: everyone in a non-anonymous room, else
+    /// moderators (§5.2.1: admins and owners are moderators when they are in the room).
+    pub fn shows_real_jids_to(&self, user: &BareJid) -> bool {
+        self.config.whois_anyone
+            || self.affiliation(user) >= Affiliation::Admin
+            || self.role_of_user(user) == Some(Role::Moderator)
+    }
+
+    /// Whether `user` may read the room's archive: whoever may enter it (XEP-0313 §6.1.2), so not
+    /// outcasts, only members in a members-only room; a password-protected room's archive is for
+    /// its occupants and affiliated users (a query cannot carry the password).
+    pub fn may_read_archive(&self, user: &BareJid) -> Result<(), StanzaError> {
+        let affiliation = self.affiliation(user);
+        let refuse = |text: &str| {
+            Err(StanzaError::with_text(
+                StanzaErrorCondition::Forbidden,
+                text,
+            ))
+        };
+        if affiliation == Affiliation::Outcast {
+            return refuse("you are banned from this room");
         }
-        Ok(deliveries)
+        if self.config.members_only && affiliation < Affiliation::Member {
+            return refuse("this room's archive is for its members");
+        }
+        if self.config.password.is_some()
+            && affiliation < Affiliation::Member
+            && self.role_of_user(user).is_none()
+        {
+            return refuse("this room's archive is for its occupants");
+        }
+        Ok(())
+    }
+
+    /// Fills the discussion history of a room loaded at startup from the newest archived
+    /// messages (`newest` newest first), and notes where the archive ends.
+    pub fn restore_history(&mut self, newest: &[crate::store::ArchivedStanza]) {
+        if let Some(last) = newest.first() {
+            self.archive_last = self.archive_last.max(last.key);
+        }
+        for item in newest.iter().rev() {
+            let Ok(message) = std::str::from_utf8(&item.stanza)
+                .map_err(|_| ())
+                .and_then(|text| text.parse::<Element>().map_err(|_| ()))
+            else {
+                continue;
+            };
+            if message.has_child("body", ns::CLIENT) {
+                let at =
+                    chrono::DateTime::from_timestamp_micros(item.key as i64).unwrap_or_default();
+                self.remember_at(message, at);
+            }
+        }
     }
 
     /// A private message from `session` to the occupant `nick` (§7.5): to each of its sessions,
@@ -976,13 +1066,18 @@ impl Room {
     }
 
     /// Keeps a message (as sent to the room, without `to`) for the discussion history, stamped
-    /// with when the room got it.
-    fn remember(&mut self, mut message: Element) {
+    /// with when the room got it. Only messages with a body are history.
+    pub fn remember(&mut self, message: Element) {
+        if message.has_child("body", ns::CLIENT) {
+            self.remember_at(message, chrono::Utc::now());
+        }
+    }
+
+    fn remember_at(&mut self, mut message: Element, at: chrono::DateTime<chrono::Utc>) {
         if self.config.history_length == 0 {
             self.history.clear();
             return;
         }
-        let at = chrono::Utc::now();
         let mut delay = Element::bare("delay", ns::DELAY);
         set_attr(&mut delay, "from", self.jid.as_str());
         set_attr(&mut delay, "stamp", &crate::modules::offline::stamp(at));
@@ -1079,11 +1174,14 @@ impl Room {
     /// One stanza (built without `to`) to every session of every occupant: serialized once, each
     /// copy only gets its `to`.
     fn to_everyone(&self, el: &Element) -> Vec<Delivery> {
-        let shared = xml::serialize(el);
+        self.copies_to_everyone(&xml::serialize(el), el.name())
+    }
+
+    fn copies_to_everyone(&self, shared: &[u8], name: &str) -> Vec<Delivery> {
         self.occupants
             .values()
             .flat_map(|o| &o.sessions)
-            .map(|to| (to.clone(), with_to(&shared, el.name(), to)))
+            .map(|to| (to.clone(), with_to(shared, name, to)))
             .collect()
     }
 
