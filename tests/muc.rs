@@ -1155,3 +1155,189 @@ async fn occupants_carry_a_stable_occupant_id_that_clients_cannot_forge() {
         .await;
     assert_eq!(occupant_ids(&past), bob_id, "{}", xml(&past));
 }
+
+const REGISTER: &str = "jabber:iq:register";
+
+/// Submits the room registration form with this nick; returns the reply.
+async fn register(c: &mut Client, room: &str, nick: &str) -> Element {
+    c.iq(
+        "set",
+        Some(room),
+        &format!(
+            "<query xmlns='{REGISTER}'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#register</value></field>\
+             <field var='muc#register_roomnick'><value>{nick}</value></field></x></query>"
+        ),
+    )
+    .await
+}
+
+/// The nick the room says is reserved for the asker (§7.12), if any.
+async fn reserved_nick(c: &mut Client, room: &str) -> Option<String> {
+    let reply = c
+        .iq(
+            "get",
+            Some(room),
+            &format!("<query xmlns='{DISCO_INFO}' node='x-roomuser-item'/>"),
+        )
+        .await;
+    assert_eq!(reply.attr("type"), Some("result"), "{}", xml(&reply));
+    reply
+        .get_child("query", DISCO_INFO)
+        .and_then(|q| q.get_child("identity", DISCO_INFO))
+        .and_then(|i| i.attr("name"))
+        .map(String::from)
+}
+
+#[tokio::test]
+async fn registered_and_granted_nicks_are_reserved_for_their_owners() {
+    let server = server_with_users(&["alice", "bob", "carol", "dave"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob", "carol", "dave"]).await;
+    let club = room("nicks");
+    create(&mut c[0], &club, "Alice").await;
+    let done = configure(&mut c[0], &club, &[("muc#roomconfig_persistentroom", "1")]).await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+
+    // Bob asks what registering takes, registers, and becomes a member with his nick reserved.
+    let form = c[1]
+        .iq("get", Some(&club), &format!("<query xmlns='{REGISTER}'/>"))
+        .await;
+    assert!(
+        xml(&form).contains("muc#register_roomnick"),
+        "{}",
+        xml(&form)
+    );
+    assert_eq!(reserved_nick(&mut c[1], &club).await, None);
+    let done = register(&mut c[1], &club, "Bobby").await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    assert_eq!(
+        reserved_nick(&mut c[1], &club).await.as_deref(),
+        Some("Bobby")
+    );
+    let again = c[1]
+        .iq("get", Some(&club), &format!("<query xmlns='{REGISTER}'/>"))
+        .await;
+    let query = again.get_child("query", REGISTER).unwrap();
+    assert!(
+        query.get_child("registered", REGISTER).is_some(),
+        "{}",
+        xml(&again)
+    );
+    assert_eq!(
+        query.get_child("username", REGISTER).map(|u| u.text()),
+        Some("Bobby".to_string())
+    );
+    assert_eq!(
+        affiliation_list(&mut c[0], &club, "member").await,
+        Ok(vec!["bob@localhost".to_string()])
+    );
+    let members = c[0]
+        .iq(
+            "get",
+            Some(&club),
+            &format!("<query xmlns='{MUC_ADMIN}'><item affiliation='member'/></query>"),
+        )
+        .await;
+    assert!(
+        xml(&members).contains("nick=\"Bobby\"") || xml(&members).contains("nick='Bobby'"),
+        "{}",
+        xml(&members)
+    );
+
+    // Nobody else may enter or register under a reserved nick, nor change to it.
+    send_join(&mut c[2], &club, "Bobby", None).await;
+    let refused = join_error(&mut c[2], "reserved nick refused").await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("conflict"));
+    let taken = register(&mut c[2], &club, "Bobby").await;
+    assert_eq!(error_condition(&taken).as_deref(), Some("conflict"));
+    join(&mut c[2], &club, "Carol").await;
+    send_join(&mut c[2], &club, "Bobby", None).await;
+    let refused = join_error(&mut c[2], "nick change to a reserved nick refused").await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("conflict"));
+    // Bob himself enters under it.
+    join(&mut c[1], &club, "Bobby").await;
+
+    // An admin reserves a nick with the membership (§9.3).
+    let granted = admin(
+        &mut c[0],
+        &club,
+        "<item affiliation='member' jid='dave@localhost' nick='Dave'/>",
+    )
+    .await;
+    assert_eq!(granted.attr("type"), Some("result"), "{}", xml(&granted));
+    assert_eq!(
+        reserved_nick(&mut c[3], &club).await.as_deref(),
+        Some("Dave")
+    );
+    let clash = admin(
+        &mut c[0],
+        &club,
+        "<item affiliation='member' jid='carol@localhost' nick='Dave'/>",
+    )
+    .await;
+    assert_eq!(error_condition(&clash).as_deref(), Some("conflict"));
+
+    // Bad forms.
+    let empty = register(&mut c[3], &club, "").await;
+    assert_eq!(error_condition(&empty).as_deref(), Some("bad-request"));
+    let no_form = c[3]
+        .iq("set", Some(&club), &format!("<query xmlns='{REGISTER}'/>"))
+        .await;
+    assert_eq!(error_condition(&no_form).as_deref(), Some("bad-request"));
+
+    // Reservations survive a restart; cancelling one frees the nick.
+    drop(c);
+    let server = TestServer::restart(server);
+    let mut c = clients(&server, &["alice", "bob", "carol"]).await;
+    assert_eq!(
+        reserved_nick(&mut c[1], &club).await.as_deref(),
+        Some("Bobby")
+    );
+    let gone = c[1]
+        .iq(
+            "set",
+            Some(&club),
+            &format!("<query xmlns='{REGISTER}'><remove/></query>"),
+        )
+        .await;
+    assert_eq!(gone.attr("type"), Some("result"), "{}", xml(&gone));
+    assert_eq!(reserved_nick(&mut c[1], &club).await, None);
+    assert_eq!(
+        affiliation_list(&mut c[0], &club, "member").await,
+        Ok(vec!["dave@localhost".to_string()])
+    );
+    join(&mut c[2], &club, "Bobby").await;
+}
+
+#[tokio::test]
+async fn outcasts_and_strangers_to_a_members_only_room_cannot_register() {
+    let server = server_with_users(&["alice", "bob", "carol"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob", "carol"]).await;
+    let open = room("openreg");
+    create(&mut c[0], &open, "Alice").await;
+    let ban = admin(
+        &mut c[0],
+        &open,
+        "<item affiliation='outcast' jid='carol@localhost'/>",
+    )
+    .await;
+    assert_eq!(ban.attr("type"), Some("result"), "{}", xml(&ban));
+    let refused = register(&mut c[2], &open, "Carol").await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
+    let closed = room("closedreg");
+    create(&mut c[0], &closed, "Alice").await;
+    let done = configure(&mut c[0], &closed, &[("muc#roomconfig_membersonly", "1")]).await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    let refused = register(&mut c[1], &closed, "Bob").await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("not-allowed"));
+    let form = c[1]
+        .iq(
+            "get",
+            Some(&closed),
+            &format!("<query xmlns='{REGISTER}'/>"),
+        )
+        .await;
+    assert_eq!(error_condition(&form).as_deref(), Some("not-allowed"));
+    let nowhere = register(&mut c[1], &room("nowhere"), "Bob").await;
+    assert_eq!(error_condition(&nowhere).as_deref(), Some("item-not-found"));
+}

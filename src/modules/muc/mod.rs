@@ -51,7 +51,7 @@ pub const MODULE: Module = Module {
             45,
         "1.35.1",
         Support::Partial,
-        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history (surviving restarts), private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords, room archives (XEP-0313); no reserved nicks yet",
+        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history (surviving restarts), private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords, room archives (XEP-0313), registration and reserved nicks; no iqs to occupants but self-ping",
         ),
         Spec::xep(
             421,
@@ -686,7 +686,25 @@ fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Don
                 .map_err(|_| StanzaErrorCondition::InternalServerError)?;
             let actor = from.to_bare();
             match payload.ns().as_str() {
+                // §7.12: the asker's reserved nick, or an empty answer.
+                ns::DISCO_INFO if !set && payload.attr("node") == Some("x-roomuser-item") => {
+                    let mut query = Element::bare("query", ns::DISCO_INFO);
+                    crate::error::set_attr(&mut query, "node", "x-roomuser-item");
+                    if let Some(reserved) = room.reserved_nick(&actor) {
+                        let mut identity = Element::bare("identity", ns::DISCO_INFO);
+                        crate::error::set_attr(&mut identity, "category", "conference");
+                        crate::error::set_attr(&mut identity, "type", "text");
+                        crate::error::set_attr(&mut identity, "name", reserved);
+                        query.append_child(identity);
+                    }
+                    Ok(Done::Deliver(vec![reply(query)]))
+                }
                 ns::DISCO_INFO if !set => Ok(Done::Deliver(vec![reply(room_info(&room))])),
+                NS_REGISTER if !room.locked => {
+                    let (answer, mut out) = registration(&mut room, &actor, set, payload)?;
+                    out.push(reply(answer));
+                    Ok(Done::after(&room, out))
+                }
                 ns::DISCO_ITEMS if !set => Ok(Done::Deliver(vec![reply(Element::bare(
                     "query",
                     ns::DISCO_ITEMS,
@@ -786,12 +804,80 @@ fn admin_changes(query: &Element) -> Result<Vec<AdminChange>, StanzaError> {
                     user: crate::addr::jid_attr(item, "jid")?.to_bare(),
                     affiliation: Affiliation::parse(affiliation)
                         .ok_or_else(|| bad("unknown affiliation"))?,
+                    nick: item.attr("nick").map(nick).transpose()?,
                     reason,
                 }),
                 _ => Err(bad("an item changes either a role or an affiliation")),
             }
         })
         .collect()
+}
+
+/// A nick as a resourcepart (normalized), or `<jid-malformed/>`.
+fn nick(text: &str) -> Result<String, StanzaError> {
+    jid::ResourcePart::new(text.trim())
+        .map(|nick| nick.to_string())
+        .map_err(|_| {
+            StanzaError::with_text(
+                StanzaErrorCondition::JidMalformed,
+                format!("not a valid nick: {text}"),
+            )
+        })
+}
+
+const NS_REGISTER: &str = "jabber:iq:register";
+const MUC_REGISTER: &str = "http://jabber.org/protocol/muc#register";
+
+/// Registration with a room (§7.10, XEP-0077): `get` answers with the reserved nick
+/// (`<registered/>`) or the form to ask for one; `set` submits the form (`muc#register_roomnick`)
+/// or `<remove/>`s the registration.
+fn registration(
+    room: &mut Room,
+    user: &BareJid,
+    set: bool,
+    query: &Element,
+) -> Result<(Element, Vec<Delivery>), StanzaError> {
+    let mut answer = Element::bare("query", NS_REGISTER);
+    if !set {
+        room.may_register(user)?;
+        match room.reserved_nick(user) {
+            Some(reserved) => {
+                answer.append_child(Element::bare("registered", NS_REGISTER));
+                let mut username = Element::bare("username", NS_REGISTER);
+                username.append_text(reserved.to_string());
+                answer.append_child(username);
+            }
+            None => {
+                let mut roomnick = Field::new("muc#register_roomnick", FieldType::TextSingle);
+                roomnick.label = Some("Nick in this room".into());
+                roomnick.required = true;
+                let form = DataForm::new(DataFormType::Form, MUC_REGISTER, vec![roomnick]);
+                answer.append_child(form.into());
+            }
+        }
+        return Ok((answer, Vec::new()));
+    }
+    if query.has_child("remove", NS_REGISTER) {
+        return Ok((Element::bare("query", NS_REGISTER), room.unregister(user)?));
+    }
+    let bad = |why: &str| StanzaError::with_text(StanzaErrorCondition::BadRequest, why.to_string());
+    let form = query
+        .get_child("x", ns::DATA_FORMS)
+        .and_then(|x| DataForm::try_from(x.clone()).ok())
+        .filter(|form| form.type_ == DataFormType::Submit)
+        .ok_or_else(|| bad("registration takes a submitted muc#register form"))?;
+    if form.form_type().is_some_and(|t| t != MUC_REGISTER) {
+        return Err(bad("the form's FORM_TYPE is not muc#register"));
+    }
+    let wanted = form
+        .fields
+        .iter()
+        .find(|f| f.var.as_deref() == Some("muc#register_roomnick"))
+        .and_then(|f| f.values.first())
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| bad("muc#register_roomnick is required"))?;
+    let out = room.register(user, &nick(wanted)?)?;
+    Ok((Element::bare("query", NS_REGISTER), out))
 }
 
 /// The list a muc#admin get asks for: `<item affiliation='…'/>` or `<item role='…'/>`.
@@ -1007,6 +1093,7 @@ fn room_info(room: &Room) -> Element {
         "http://jabber.org/protocol/muc#stable_id",
         "http://jabber.org/protocol/muc#self-ping-optimization",
         room::NS_OCCUPANT_ID,
+        NS_REGISTER,
         pick(c.persistent, "muc_persistent", "muc_temporary"),
         pick(c.public, "muc_public", "muc_hidden"),
         pick(c.members_only, "muc_membersonly", "muc_open"),

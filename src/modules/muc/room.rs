@@ -132,6 +132,9 @@ pub struct StoredRoom {
     /// What occupant ids (XEP-0421) are derived with, so that they stay the same across restarts.
     #[serde(default)]
     pub occupant_id_salt: Option<String>,
+    /// Reserved nicks (§7.10, §9.3): user, nick.
+    #[serde(default)]
+    pub reserved_nicks: Vec<(String, String)>,
 }
 
 impl RoomConfig {
@@ -186,6 +189,9 @@ pub struct Room {
     /// The subject and the occupant JID (room/nick) that set it.
     subject: Option<(String, String)>,
     affiliations: HashMap<BareJid, Affiliation>,
+    /// Nicks reserved for affiliated users (registration, or a nick given with the affiliation):
+    /// nobody else may enter under them.
+    reserved: HashMap<BareJid, String>,
     occupants: BTreeMap<String, Occupant>,
     /// Which nick each joined session uses.
     nicks: HashMap<FullJid, String>,
@@ -226,6 +232,7 @@ impl Room {
             locked: true,
             subject: None,
             affiliations,
+            reserved: HashMap::new(),
             occupants: BTreeMap::new(),
             nicks: HashMap::new(),
             changed: true,
@@ -242,12 +249,18 @@ impl Room {
             .into_iter()
             .filter_map(|(user, affiliation)| Some((BareJid::new(&user).ok()?, affiliation)))
             .collect();
+        let reserved = stored
+            .reserved_nicks
+            .into_iter()
+            .filter_map(|(user, nick)| Some((BareJid::new(&user).ok()?, nick)))
+            .collect();
         Room {
             jid,
             config: stored.config,
             locked: false,
             subject: stored.subject,
             affiliations,
+            reserved,
             occupants: BTreeMap::new(),
             nicks: HashMap::new(),
             // A room stored before it had a salt gets one, stored with its next change.
@@ -266,12 +279,95 @@ impl Room {
             .map(|(user, affiliation)| (user.to_string(), *affiliation))
             .collect();
         affiliations.sort();
+        let mut reserved_nicks: Vec<(String, String)> = self
+            .reserved
+            .iter()
+            .map(|(user, nick)| (user.to_string(), nick.clone()))
+            .collect();
+        reserved_nicks.sort();
         StoredRoom {
             config: self.config.clone(),
             affiliations,
             subject: self.subject.clone(),
             occupant_id_salt: Some(self.occupant_id_salt.clone()),
+            reserved_nicks,
         }
+    }
+
+    /// The nick reserved for `user` (§7.12).
+    pub fn reserved_nick(&self, user: &BareJid) -> Option<&str> {
+        self.reserved.get(user).map(String::as_str)
+    }
+
+    /// `<conflict/>` when `nick` is reserved for someone other than `user`, or taken by another
+    /// user's occupant.
+    fn nick_free_for(&self, nick: &str, user: &BareJid) -> Result<(), StanzaError> {
+        if self
+            .reserved
+            .iter()
+            .any(|(owner, n)| n == nick && owner != user)
+        {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::Conflict,
+                "that nick is reserved by another member of this room",
+            ));
+        }
+        if self.occupants.get(nick).is_some_and(|o| &o.user != user) {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::Conflict,
+                "that nick is in use in this room",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registration with the room (§7.10): an unaffiliated user becomes a member, and the nick is
+    /// reserved for them. Refused to outcasts, and to non-members of a members-only room (only its
+    /// admins add members). Occupants of `user` are re-announced with the new affiliation.
+    pub fn register(&mut self, user: &BareJid, nick: &str) -> Result<Vec<Delivery>, StanzaError> {
+        self.may_register(user)?;
+        self.nick_free_for(nick, user)?;
+        self.reserved.insert(user.clone(), nick.to_string());
+        if self.affiliation(user) == Affiliation::None {
+            self.affiliations.insert(user.clone(), Affiliation::Member);
+        }
+        self.changed = true;
+        Ok(self.affiliation_changed(user, None, None))
+    }
+
+    /// Cancels a registration (XEP-0077 `<remove/>`): the reserved nick goes, and membership with
+    /// it (admins and owners keep their affiliation).
+    pub fn unregister(&mut self, user: &BareJid) -> Result<Vec<Delivery>, StanzaError> {
+        if self.reserved.remove(user).is_none() && self.affiliation(user) != Affiliation::Member {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::ItemNotFound,
+                "you are not registered with this room",
+            ));
+        }
+        if self.affiliation(user) == Affiliation::Member {
+            self.affiliations.remove(user);
+        }
+        self.changed = true;
+        Ok(self.affiliation_changed(user, None, None))
+    }
+
+    /// Whether `user` may register with the room: `<forbidden/>` for outcasts, `<not-allowed/>`
+    /// for non-members of a members-only room.
+    pub fn may_register(&self, user: &BareJid) -> Result<(), StanzaError> {
+        let affiliation = self.affiliation(user);
+        if affiliation == Affiliation::Outcast {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::Forbidden,
+                "you are banned from this room",
+            ));
+        }
+        if self.config.members_only && affiliation < Affiliation::Member {
+            return Err(StanzaError::with_text(
+                StanzaErrorCondition::NotAllowed,
+                "members of this room are added by its admins",
+            ));
+        }
+        Ok(())
     }
 
     pub fn affiliation(&self, user: &BareJid) -> Affiliation {
@@ -364,14 +460,9 @@ impl Room {
                 ));
             }
         }
-        if let Some(taken) = self.occupants.get(nick) {
-            if taken.user != user {
-                return Err(StanzaError::with_text(
-                    StanzaErrorCondition::Conflict,
-                    "that nick is in use in this room",
-                ));
-            }
-        } else if self.occupants.len() >= self.config.max_occupants
+        self.nick_free_for(nick, &user)?;
+        if !self.occupants.contains_key(nick)
+            && self.occupants.len() >= self.config.max_occupants
             && affiliation < Affiliation::Admin
         {
             return Err(StanzaError::with_text(
@@ -640,6 +731,7 @@ impl Room {
                 "that nick is in use in this room",
             ));
         }
+        self.nick_free_for(new, &session.to_bare())?;
         let Some(mut occupant) = self.occupants.remove(old) else {
             return Err(StanzaErrorCondition::InternalServerError.into());
         };
@@ -781,6 +873,7 @@ impl Room {
             AdminChange::Affiliation {
                 user,
                 affiliation,
+                nick,
                 reason,
             } => {
                 // Admins and owners are made and unmade by owners (§10.3-10.8); members and bans by
@@ -810,10 +903,20 @@ impl Room {
                         "a room keeps at least one owner",
                     ));
                 }
+                if let Some(nick) = nick
+                    .as_deref()
+                    .filter(|_| *affiliation >= Affiliation::Member)
+                {
+                    self.nick_free_for(nick, user)?;
+                    self.reserved.insert(user.clone(), nick.to_string());
+                }
                 if *affiliation == Affiliation::None {
                     self.affiliations.remove(user);
                 } else {
                     self.affiliations.insert(user.clone(), *affiliation);
+                }
+                if *affiliation < Affiliation::Member {
+                    self.reserved.remove(user);
                 }
                 self.changed = true;
                 let by = self.nick_of_user(actor);
@@ -891,12 +994,12 @@ impl Room {
                     let mut item = Element::bare("item", NS_MUC_ADMIN);
                     set_attr(&mut item, "affiliation", wanted.as_str());
                     set_attr(&mut item, "jid", user.as_str());
-                    if let Some(nick) = self
-                        .occupants
-                        .iter()
-                        .find(|(_, o)| &o.user == user)
-                        .map(|(n, _)| n)
-                    {
+                    if let Some(nick) = self.reserved.get(user).or_else(|| {
+                        self.occupants
+                            .iter()
+                            .find(|(_, o)| &o.user == user)
+                            .map(|(n, _)| n)
+                    }) {
                         set_attr(&mut item, "nick", nick);
                     }
                     items.push(item);
@@ -1241,6 +1344,8 @@ pub enum AdminChange {
     Affiliation {
         user: BareJid,
         affiliation: Affiliation,
+        /// A nick to reserve for the user (§9.3), with a member, admin or owner affiliation.
+        nick: Option<String>,
         reason: Option<String>,
     },
 }
