@@ -1341,3 +1341,63 @@ async fn outcasts_and_strangers_to_a_members_only_room_cannot_register() {
     let nowhere = register(&mut c[1], &room("nowhere"), "Bob").await;
     assert_eq!(error_condition(&nowhere).as_deref(), Some("item-not-found"));
 }
+
+#[tokio::test]
+async fn moderators_of_a_semi_anonymous_room_see_real_jids_and_others_do_not() {
+    let server = server_with_users(&["alice", "bob", "carol"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob", "carol"]).await;
+    let hidden = room("masks");
+    create(&mut c[0], &hidden, "Alice").await;
+    let done = configure(
+        &mut c[0],
+        &hidden,
+        &[("muc#roomconfig_whois", "moderators")],
+    )
+    .await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    join(&mut c[1], &hidden, "Bob").await;
+    // Alice (owner, so moderator) sees Bob's JID when he enters.
+    let bob_in = format!("{hidden}/Bob");
+    let seen = c[0]
+        .wait("Bob's presence", |el| presence_from(el, &bob_in))
+        .await;
+    assert_eq!(item(&seen).2.as_deref(), Some("bob@localhost/phone"));
+    // Carol (participant) sees nobody's JID, neither on entering nor later.
+    join(&mut c[2], &hidden, "Carol").await;
+    let alice_in = format!("{hidden}/Alice");
+    let alice = c[2]
+        .wait("Alice's presence", |el| presence_from(el, &alice_in))
+        .await;
+    assert_eq!(item(&alice).2, None, "{}", xml(&alice));
+    let seen = c[0]
+        .wait("Carol's presence", |el| {
+            presence_from(el, &format!("{hidden}/Carol"))
+        })
+        .await;
+    assert_eq!(item(&seen).2.as_deref(), Some("carol@localhost/phone"));
+    c[1].send(&format!("<presence to='{bob_in}' type='unavailable'/>"))
+        .await;
+    let gone = c[2]
+        .wait("Bob gone", |el| {
+            presence_from(el, &bob_in) && el.attr("type") == Some("unavailable")
+        })
+        .await;
+    assert_eq!(item(&gone).2, None, "{}", xml(&gone));
+    let gone = c[0]
+        .wait("Bob gone", |el| {
+            presence_from(el, &bob_in) && el.attr("type") == Some("unavailable")
+        })
+        .await;
+    assert_eq!(item(&gone).2.as_deref(), Some("bob@localhost/phone"));
+    // A moderator entering later sees the others' JIDs.
+    c[0].send(&format!("<presence to='{alice_in}' type='unavailable'/>"))
+        .await;
+    c[0].settle_and_clear().await;
+    send_join(&mut c[0], &hidden, "Alice", None).await;
+    let carol = c[0]
+        .wait("Carol's presence", |el| {
+            presence_from(el, &format!("{hidden}/Carol"))
+        })
+        .await;
+    assert_eq!(item(&carol).2.as_deref(), Some("carol@localhost/phone"));
+}

@@ -471,12 +471,19 @@ impl Room {
             ));
         }
         let mut out = Vec::new();
-        // The others' presence first (§7.2.3), to the entering session only.
+        // The others' presence first (§7.2.3), to the entering session only; with real JIDs when
+        // the room is non-anonymous or the newcomer enters as a moderator (§7.2.4).
+        let entering_role = self
+            .occupants
+            .get(nick)
+            .map(|o| o.role)
+            .unwrap_or_else(|| Role::entering(affiliation, self.config.moderated));
+        let reveal = self.config.whois_anyone || entering_role == Role::Moderator;
         for (other, occupant) in &self.occupants {
             if other == nick {
                 continue;
             }
-            let item = self.presence_of(other, occupant, &[]);
+            let item = self.presence_of(other, occupant, &[], reveal);
             out.push((session.clone(), addressed(&item, session)));
         }
         let second_session = self.occupants.contains_key(nick);
@@ -511,7 +518,7 @@ impl Room {
         if second_session {
             // The others already see this occupant; only the new session needs its self-presence.
             if let Some(occupant) = self.occupants.get(nick) {
-                let own = self.presence_of(nick, occupant, &codes);
+                let own = self.presence_of(nick, occupant, &codes, true);
                 out.push((session.clone(), addressed(&own, session)));
             }
         } else {
@@ -546,19 +553,23 @@ impl Room {
         if let Some(status) = presence.get_child("status", ns::CLIENT) {
             gone.append_child(status.clone());
         }
-        let real = self.config.whois_anyone.then_some(session);
         gone.append_child(id);
         let mut own = gone.clone();
         set_attr(&mut own, "from", &self.occupant_jid(&nick));
-        own.append_child(item_element(affiliation, None, real, &[status::SELF]));
+        own.append_child(item_element(
+            affiliation,
+            None,
+            Some(session),
+            &[status::SELF],
+        ));
         let mut out = vec![(session.clone(), addressed(&own, session))];
         if !last {
             return out;
         }
         self.occupants.remove(&nick);
         set_attr(&mut gone, "from", &self.occupant_jid(&nick));
-        gone.append_child(item_element(affiliation, None, real, &[]));
-        out.extend(self.to_everyone(&gone));
+        gone.append_child(item_element(affiliation, None, None, &[]));
+        out.extend(self.to_everyone_revealing(&gone, Some(session)));
         out
     }
 
@@ -737,16 +748,12 @@ impl Room {
         };
         occupant.presence = shown;
         let affiliation = self.affiliation(&occupant.user);
-        let real = self
-            .config
-            .whois_anyone
-            .then(|| occupant.sessions.first())
-            .flatten();
+        let real = occupant.sessions.first();
         let mut gone = Element::bare("presence", ns::CLIENT);
         set_attr(&mut gone, "type", "unavailable");
         set_attr(&mut gone, "from", &self.occupant_jid(old));
         gone.append_child(occupant.id.clone());
-        let mut x = item_element(affiliation, Some(occupant.role), real, &[]);
+        let mut x = item_element(affiliation, Some(occupant.role), None, &[]);
         if let Some(item) = x.get_child_mut("item", NS_MUC_USER) {
             set_attr(item, "nick", new);
         }
@@ -754,7 +761,7 @@ impl Room {
         let mut own = gone.clone();
         gone.append_child(with_codes(x.clone(), &[status::NICK_CHANGED]));
         own.append_child(with_codes(x, &[status::NICK_CHANGED, status::SELF]));
-        out.extend(self.to_everyone(&gone));
+        out.extend(self.to_everyone_revealing(&gone, real));
         for to in &occupant.sessions {
             out.push((to.clone(), addressed(&own, to)));
             self.nicks.insert(to.clone(), new.to_string());
@@ -779,12 +786,7 @@ impl Room {
             return Vec::new();
         };
         let affiliation = self.affiliation(&occupant.user);
-        let real = self
-            .config
-            .whois_anyone
-            .then(|| occupant.sessions.first())
-            .flatten();
-        let mut x = item_element(affiliation, None, real, &[]);
+        let mut x = item_element(affiliation, None, None, &[]);
         if let Some(item) = x.get_child_mut("item", NS_MUC_USER) {
             if let Some(actor) = actor {
                 let mut by = Element::bare("actor", NS_MUC_USER);
@@ -812,7 +814,7 @@ impl Room {
             self.nicks.remove(to);
             out.push((to.clone(), addressed(&own, to)));
         }
-        out.extend(self.to_everyone(&gone));
+        out.extend(self.to_everyone_revealing(&gone, occupant.sessions.first()));
         out
     }
 
@@ -1255,11 +1257,12 @@ impl Room {
         message
     }
 
-    /// An occupant's presence as others see it, with `codes` (for its own copy).
-    fn presence_of(&self, nick: &str, occupant: &Occupant, codes: &[u16]) -> Element {
+    /// An occupant's presence as others see it, with `codes` (for its own copy), and its real
+    /// JID when `reveal`.
+    fn presence_of(&self, nick: &str, occupant: &Occupant, codes: &[u16], reveal: bool) -> Element {
         let mut presence = occupant.presence.clone();
         set_attr(&mut presence, "from", &self.occupant_jid(nick));
-        let real = if self.config.whois_anyone {
+        let real = if reveal {
             occupant.sessions.first()
         } else {
             None
@@ -1278,6 +1281,40 @@ impl Room {
     /// copy only gets its `to`.
     fn to_everyone(&self, el: &Element) -> Vec<Delivery> {
         self.copies_to_everyone(&xml::serialize(el), el.name())
+    }
+
+    /// A presence about an occupant (built without `to`, its muc#user item without `jid`) to every
+    /// occupant session: with `real` in the item for those who may see real JIDs (§7.2.4: everyone
+    /// in a non-anonymous room, moderators in a semi-anonymous one). Each version serialized once.
+    fn to_everyone_revealing(&self, el: &Element, real: Option<&FullJid>) -> Vec<Delivery> {
+        let Some(real) = real else {
+            return self.to_everyone(el);
+        };
+        let mut revealed = el.clone();
+        if let Some(item) = revealed
+            .get_child_mut("x", NS_MUC_USER)
+            .and_then(|x| x.get_child_mut("item", NS_MUC_USER))
+        {
+            set_attr(item, "jid", real.as_str());
+        }
+        let revealed = xml::serialize(&revealed);
+        if self.config.whois_anyone {
+            return self.copies_to_everyone(&revealed, el.name());
+        }
+        let plain = xml::serialize(el);
+        self.occupants
+            .values()
+            .flat_map(|o| {
+                let shared = if o.role == Role::Moderator {
+                    &revealed
+                } else {
+                    &plain
+                };
+                o.sessions
+                    .iter()
+                    .map(move |to| (to.clone(), with_to(shared, el.name(), to)))
+            })
+            .collect()
     }
 
     fn copies_to_everyone(&self, shared: &[u8], name: &str) -> Vec<Delivery> {
@@ -1312,12 +1349,25 @@ impl Room {
         let Some(occupant) = self.occupants.get(nick) else {
             return Vec::new();
         };
-        let others = xml::serialize(&self.presence_of(nick, occupant, &[]));
+        let anonymous = !self.config.whois_anyone;
+        let others = xml::serialize(&self.presence_of(nick, occupant, &[], !anonymous));
+        // Moderators of a semi-anonymous room see the real JID (§7.2.4).
+        let to_moderators = if anonymous {
+            xml::serialize(&self.presence_of(nick, occupant, &[], true))
+        } else {
+            Vec::new()
+        };
         // The occupant's other sessions hear of its update with the self code.
-        let mine = xml::serialize(&self.presence_of(nick, occupant, &[status::SELF]));
+        let mine = xml::serialize(&self.presence_of(nick, occupant, &[status::SELF], true));
         let mut out = Vec::new();
         for (other_nick, other) in &self.occupants {
-            let shared = if other_nick == nick { &mine } else { &others };
+            let shared = if other_nick == nick {
+                &mine
+            } else if anonymous && other.role == Role::Moderator {
+                &to_moderators
+            } else {
+                &others
+            };
             for to in &other.sessions {
                 if own.is_none_or(|(session, _)| session != to) {
                     out.push((to.clone(), with_to(shared, "presence", to)));
@@ -1325,7 +1375,7 @@ impl Room {
             }
         }
         if let Some((session, codes)) = own {
-            let mine = self.presence_of(nick, occupant, codes);
+            let mine = self.presence_of(nick, occupant, codes, true);
             out.push((session.clone(), addressed(&mine, session)));
         }
         out
