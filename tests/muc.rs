@@ -1081,11 +1081,21 @@ async fn self_ping_tells_a_client_whether_it_is_still_in_the_room() {
     let ping = "<ping xmlns='urn:xmpp:ping'/>";
     let own = c[1].iq("get", Some(&format!("{r}/Bob")), ping).await;
     assert_eq!(own.attr("type"), Some("result"), "{}", xml(&own));
-    let other = c[1].iq("get", Some(&format!("{r}/Alice")), ping).await;
-    assert_eq!(
-        error_condition(&other).as_deref(),
-        Some("service-unavailable")
-    );
+    // A ping to another occupant is that occupant's to answer: the room passes it on.
+    c[1].send(&format!(
+        "<iq type='get' id='p-alice' to='{r}/Alice'>{ping}</iq>"
+    ))
+    .await;
+    let passed = c[0]
+        .wait("the ping passed on", |el| {
+            el.name() == "iq" && el.attr("from") == Some(format!("{r}/Bob").as_str())
+        })
+        .await;
+    c[0].answer(&passed).await;
+    let other = c[1]
+        .wait("Alice's answer", |el| el.attr("id") == Some("p-alice"))
+        .await;
+    assert_eq!(other.attr("type"), Some("result"), "{}", xml(&other));
     c[1].send(&format!("<presence to='{r}/Bob' type='unavailable'/>"))
         .await;
     gone_with(&mut c[1], &r, "Bob", "110").await;
@@ -1400,4 +1410,83 @@ async fn moderators_of_a_semi_anonymous_room_see_real_jids_and_others_do_not() {
         })
         .await;
     assert_eq!(item(&carol).2.as_deref(), Some("carol@localhost/phone"));
+}
+
+#[tokio::test]
+async fn iqs_between_occupants_go_through_the_room_under_their_nicks() {
+    let server = server_with_users(&["alice", "bob", "carol"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob", "carol"]).await;
+    let r = room("asks");
+    create(&mut c[0], &r, "Alice").await;
+    join(&mut c[1], &r, "Bob").await;
+    let (alice_in, bob_in) = (format!("{r}/Alice"), format!("{r}/Bob"));
+
+    // Bob asks Alice's client for its version: Alice sees the room's occupant JID and id, never
+    // Bob's; her answer reaches Bob under his id, from her occupant JID.
+    c[1].send(&format!(
+        "<iq type='get' id='v1' to='{alice_in}'><query xmlns='jabber:iq:version'/></iq>"
+    ))
+    .await;
+    let passed = c[0]
+        .wait("the version request", |el| {
+            el.name() == "iq" && el.attr("from") == Some(bob_in.as_str())
+        })
+        .await;
+    assert_ne!(passed.attr("id"), Some("v1"), "{}", xml(&passed));
+    assert!(!xml(&passed).contains("bob@localhost"), "{}", xml(&passed));
+    let id = passed.attr("id").unwrap();
+    c[0].send(&format!(
+        "<iq type='result' id='{id}' to='{bob_in}'><query xmlns='jabber:iq:version'><name>Test</name><version>1</version></query></iq>"
+    ))
+    .await;
+    let answer = c[1]
+        .wait("the version", |el| el.attr("id") == Some("v1"))
+        .await;
+    assert_eq!(answer.attr("type"), Some("result"), "{}", xml(&answer));
+    assert_eq!(answer.attr("from"), Some(alice_in.as_str()));
+    assert!(xml(&answer).contains("Test"), "{}", xml(&answer));
+    // The same answer again (or a guessed one) goes nowhere.
+    c[0].send(&format!("<iq type='result' id='{id}' to='{bob_in}'/>"))
+        .await;
+    c[1].none("a second answer", |el| el.name() == "iq").await;
+
+    // vCards of occupants (their avatars) come from the server's store.
+    let set = c[0]
+        .iq(
+            "set",
+            None,
+            "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN></vCard>",
+        )
+        .await;
+    assert_eq!(set.attr("type"), Some("result"), "{}", xml(&set));
+    let vcard = c[1]
+        .iq("get", Some(&alice_in), "<vCard xmlns='vcard-temp'/>")
+        .await;
+    assert_eq!(vcard.attr("type"), Some("result"), "{}", xml(&vcard));
+    assert_eq!(vcard.attr("from"), Some(alice_in.as_str()));
+    assert!(xml(&vcard).contains("Alice Liddell"), "{}", xml(&vcard));
+
+    // Only occupants address occupants, and only occupants who are there.
+    let stranger = c[2]
+        .iq("get", Some(&alice_in), "<vCard xmlns='vcard-temp'/>")
+        .await;
+    assert_eq!(
+        error_condition(&stranger).as_deref(),
+        Some("not-acceptable")
+    );
+    let stranger = c[2]
+        .iq("get", Some(&alice_in), "<query xmlns='jabber:iq:version'/>")
+        .await;
+    assert_eq!(
+        error_condition(&stranger).as_deref(),
+        Some("not-acceptable")
+    );
+    let nobody = c[1]
+        .iq(
+            "get",
+            Some(&format!("{r}/Nobody")),
+            "<query xmlns='jabber:iq:version'/>",
+        )
+        .await;
+    assert_eq!(error_condition(&nobody).as_deref(), Some("item-not-found"));
 }

@@ -46,15 +46,26 @@ pub async fn handle(
         state.stores.flush().await?;
         return Ok(None);
     }
-    let stored = state.stores.values.get_value(owner, KEY)?;
+    let stored = stored(state, owner)?;
     if stored.is_none() && asker != owner {
         // XEP-0054 §3.3: someone else's missing vCard looks like a missing account.
         return Err(StanzaErrorCondition::ServiceUnavailable.into());
     }
-    let vcard = stored
+    // No vCard yet: an empty one (XEP-0054 §3.1).
+    Ok(Some(
+        stored.unwrap_or_else(|| Element::bare("vCard", ns::VCARD)),
+    ))
+}
+
+/// `owner`'s stored vCard, if any (also what a room answers for an occupant, XEP-0045 §7.5).
+pub fn stored(
+    state: &ServerState,
+    owner: &jid::BareJid,
+) -> Result<Option<Element>, crate::store::StoreError> {
+    Ok(state
+        .stores
+        .values
+        .get_value(owner, KEY)?
         .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|text| text.parse::<Element>().ok())
-        // No vCard yet: an empty one (XEP-0054 §3.1).
-        .unwrap_or_else(|| Element::bare("vCard", ns::VCARD));
-    Ok(Some(vcard))
+        .and_then(|text| text.parse::<Element>().ok()))
 }

@@ -51,7 +51,7 @@ pub const MODULE: Module = Module {
             45,
         "1.35.1",
         Support::Partial,
-        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history (surviving restarts), private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords, room archives (XEP-0313), registration and reserved nicks; no iqs to occupants but self-ping",
+        "rooms on [muc] domain: creation, persistence, configuration, join/leave/nick change with status codes, groupchat fan-out with stanza-ids, subject, history (surviving restarts), private messages, kick/ban/voice/affiliation admin, destruction, mediated invitations, occupant limit, members-only, passwords, room archives (XEP-0313), registration and reserved nicks, iqs between occupants",
         ),
         Spec::xep(
             421,
@@ -649,7 +649,15 @@ fn with_real_jid(stanza: &[u8], jid: &str) -> Vec<u8> {
 fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Done, StanzaError> {
     let kind = el.attr("type").unwrap_or("");
     if kind == "result" || kind == "error" {
-        return Ok(Done::Deliver(Vec::new()));
+        // An answer to an iq the room passed to this occupant goes back to the asker.
+        let answered = match (to.node(), to.resource()) {
+            (Some(node), Some(_)) => state
+                .muc
+                .room(&BareJid::from_parts(Some(node), to.domain()))
+                .and_then(|room| room.lock().ok().map(|mut r| r.iq_answer(from, el))),
+            _ => None,
+        };
+        return Ok(Done::Deliver(answered.unwrap_or_default()));
     }
     let set = kind == "set";
     let payload = el
@@ -751,30 +759,56 @@ fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Don
                 _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
             }
         }
-        // XEP-0410: a client pings its own occupant JID to learn whether it is still in the room;
-        // the room answers for it.
-        (Some(node), Some(nick)) if payload.is("ping", ns::PING) => {
+        (Some(node), Some(nick)) => {
             let room_jid = BareJid::from_parts(Some(node), to.domain());
-            let joined = state
-                .muc
-                .room(&room_jid)
-                .and_then(|room| room.lock().ok().map(|r| r.nick_of(from).map(String::from)))
-                .flatten();
-            match joined {
-                Some(own) if own == nick.as_str() => Ok(Done::Deliver(vec![(
-                    from.clone(),
-                    Bytes::from(xml::serialize(&super::result_for(el, None))),
-                )])),
-                Some(_) => Err(StanzaErrorCondition::ServiceUnavailable.into()),
-                None => Err(StanzaError::with_text(
-                    StanzaErrorCondition::NotAcceptable,
-                    "you are not in this room",
-                )),
+            let room = state.muc.room(&room_jid);
+            let mut room = match &room {
+                Some(room) => room
+                    .lock()
+                    .map_err(|_| StanzaErrorCondition::InternalServerError)?,
+                None if payload.is("ping", ns::PING) => return Err(not_in_room()),
+                None => return Err(StanzaErrorCondition::ItemNotFound.into()),
+            };
+            let own = room.nick_of(from).map(String::from);
+            // XEP-0410: a client pings its own occupant JID to learn whether it is still in the
+            // room; the room answers for it.
+            if payload.is("ping", ns::PING) {
+                match own {
+                    Some(own) if own == nick.as_str() => {
+                        return Ok(Done::Deliver(vec![(
+                            from.clone(),
+                            Bytes::from(xml::serialize(&super::result_for(el, None))),
+                        )]))
+                    }
+                    None => return Err(not_in_room()),
+                    Some(_) => {}
+                }
             }
+            // A vCard request is answered with the occupant's stored vCard (clients show
+            // occupants' avatars this way); any other iq goes to the occupant.
+            if payload.is("vCard", ns::VCARD) && !set {
+                room.must_be_occupant(from)?;
+                let user = room
+                    .occupant_user(nick.as_str())
+                    .ok_or(StanzaErrorCondition::ItemNotFound)?;
+                let vcard = super::vcard::stored(state, user)?
+                    .unwrap_or_else(|| Element::bare("vCard", ns::VCARD));
+                return Ok(Done::Deliver(vec![reply(vcard)]));
+            }
+            Ok(Done::Deliver(room.iq_to_occupant(
+                from,
+                nick.as_str(),
+                el,
+            )?))
         }
-        // Other iqs to an occupant (vCard, ...) are not forwarded yet.
-        (Some(_), Some(_)) => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     }
+}
+
+fn not_in_room() -> StanzaError {
+    StanzaError::with_text(
+        StanzaErrorCondition::NotAcceptable,
+        "you are not in this room",
+    )
 }
 
 /// The items of a muc#admin set: a role by nick or an affiliation by JID, with a reason.

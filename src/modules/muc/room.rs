@@ -205,7 +205,21 @@ pub struct Room {
     occupant_id_salt: String,
     /// The key of the newest stanza in the room's archive (0 when empty): the next one's is after.
     pub archive_last: u64,
+    /// Iqs passed from one occupant to another, awaiting the answer (newest last, bounded).
+    pending_iqs: VecDeque<PendingIq>,
 }
+
+/// An iq the room passed to an occupant under an id of its own (`id`), so that the answer goes
+/// back to the session that asked, under the id it used.
+struct PendingIq {
+    id: String,
+    asker: FullJid,
+    asker_id: String,
+    target: FullJid,
+}
+
+/// How many passed iqs a room remembers; answers to older ones are dropped.
+const MAX_PENDING_IQS: usize = 256;
 
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 
@@ -239,6 +253,7 @@ impl Room {
             history: VecDeque::new(),
             occupant_id_salt: new_salt(),
             archive_last: 0,
+            pending_iqs: VecDeque::new(),
         }
     }
 
@@ -268,6 +283,7 @@ impl Room {
             history: VecDeque::new(),
             occupant_id_salt: stored.occupant_id_salt.unwrap_or_else(new_salt),
             archive_last: 0,
+            pending_iqs: VecDeque::new(),
         }
     }
 
@@ -292,6 +308,78 @@ impl Room {
             occupant_id_salt: Some(self.occupant_id_salt.clone()),
             reserved_nicks,
         }
+    }
+
+    /// The real bare JID of the occupant `nick`.
+    pub fn occupant_user(&self, nick: &str) -> Option<&BareJid> {
+        self.occupants.get(nick).map(|o| &o.user)
+    }
+
+    /// `<not-acceptable/>` unless `session` is in the room (only occupants address occupants).
+    pub fn must_be_occupant(&self, session: &FullJid) -> Result<&str, StanzaError> {
+        self.nick_of(session).ok_or_else(|| {
+            StanzaError::with_text(
+                StanzaErrorCondition::NotAcceptable,
+                "only occupants may address occupants",
+            )
+        })
+    }
+
+    /// An iq request from the occupant `session` to the occupant `nick` (§7.5 for messages, the
+    /// same for iqs): passed to one session of that occupant, from the asker's occupant JID, under
+    /// an id of the room's, so the answer can find its way back (`iq_answer`).
+    pub fn iq_to_occupant(
+        &mut self,
+        session: &FullJid,
+        nick: &str,
+        iq: &Element,
+    ) -> Result<Vec<Delivery>, StanzaError> {
+        let from = self.occupant_jid(self.must_be_occupant(session)?);
+        let target = self
+            .occupants
+            .get(nick)
+            .and_then(|o| o.sessions.last())
+            .cloned()
+            .ok_or(StanzaErrorCondition::ItemNotFound)?;
+        let id = crate::modules::stanza_id::new_id();
+        let mut out = iq.clone();
+        remove_attr(&mut out, "to");
+        set_attr(&mut out, "from", &from);
+        set_attr(&mut out, "id", &id);
+        if self.pending_iqs.len() >= MAX_PENDING_IQS {
+            self.pending_iqs.pop_front();
+        }
+        self.pending_iqs.push_back(PendingIq {
+            id,
+            asker: session.clone(),
+            asker_id: iq.attr("id").unwrap_or("").to_string(),
+            target: target.clone(),
+        });
+        Ok(vec![(target.clone(), addressed(&out, &target))])
+    }
+
+    /// An iq result or error from `session`: when it answers an iq the room passed to it, back to
+    /// the asker under its own id, from the answering occupant's JID. Anything else is dropped.
+    pub fn iq_answer(&mut self, session: &FullJid, iq: &Element) -> Vec<Delivery> {
+        let id = iq.attr("id").unwrap_or("");
+        let Some(at) = self
+            .pending_iqs
+            .iter()
+            .position(|p| p.id == id && &p.target == session)
+        else {
+            return Vec::new();
+        };
+        let Some(pending) = self.pending_iqs.remove(at) else {
+            return Vec::new();
+        };
+        let Some(nick) = self.nick_of(session) else {
+            return Vec::new();
+        };
+        let mut out = iq.clone();
+        remove_attr(&mut out, "to");
+        set_attr(&mut out, "from", &self.occupant_jid(nick));
+        set_attr(&mut out, "id", &pending.asker_id);
+        vec![(pending.asker.clone(), addressed(&out, &pending.asker))]
     }
 
     /// The nick reserved for `user` (§7.12).
