@@ -1490,3 +1490,150 @@ async fn iqs_between_occupants_go_through_the_room_under_their_nicks() {
         .await;
     assert_eq!(error_condition(&nobody).as_deref(), Some("item-not-found"));
 }
+
+/// Reads `io` until `done` says what arrived is enough, or the connection ends, or 20 s pass.
+async fn read_until(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    mut text: String,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut buf = vec![0u8; 65536];
+    // Only what is new (and a little before it) is looked at: the text grows to megabytes.
+    let mut from = 0;
+    while !done(&text[from..]) {
+        from = text.len().saturating_sub(200);
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        match tokio::time::timeout_at(until, io.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => break,
+        }
+    }
+    text
+}
+
+/// The numbers of the `<body>m{n} …</body>` messages in `text`, in the order they came.
+fn numbered(text: &str) -> Vec<usize> {
+    text.split("<body>m")
+        .skip(1)
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Reads numbered messages until `n` have come (or the connection ends), telling `progress` how
+/// many so far; returns their numbers in the order they came.
+async fn count_messages(
+    mut io: impl tokio::io::AsyncRead + Unpin,
+    mut text: String,
+    n: usize,
+    progress: tokio::sync::watch::Sender<usize>,
+) -> Vec<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    while got.len() < n {
+        if let Some(end) = text.rfind("</message>") {
+            got.extend(numbered(&text[..end]));
+            text.drain(..end);
+            progress.send_replace(got.len());
+        }
+        if got.len() >= n {
+            break;
+        }
+        match io.read(&mut buf).await {
+            Ok(read) if read > 0 => text.push_str(&String::from_utf8_lossy(&buf[..read])),
+            _ => break,
+        }
+    }
+    got
+}
+
+/// Whether `got` is exactly 0, 1, 2, ...; says where it is not.
+fn in_order(got: &[usize]) -> Result<(), String> {
+    match got.iter().enumerate().find(|(i, n)| *i != **n) {
+        Some((i, n)) => Err(format!("message {i} was m{n}")),
+        None => Ok(()),
+    }
+}
+
+#[tokio::test]
+async fn an_occupant_that_stops_reading_holds_up_nobody_and_is_closed_in_order() {
+    let server = TestServer::start_with(Options {
+        session_queue: 16,
+        ..Options::default()
+    });
+    for user in ["alice", "bob", "carol"] {
+        server.add_user(user, PASSWORD);
+    }
+    let mut c = clients(&server, &["alice", "bob"]).await;
+    let r = room("flood");
+    create(&mut c[0], &r, "Alice").await;
+    join(&mut c[1], &r, "Bob").await;
+    let (raw, jid) = logged_in_over(
+        Raw::connect_small_window(server.c2s, 2048).await,
+        "carol",
+        PASSWORD,
+        "phone",
+    )
+    .await;
+    let mut carol = Client::from_raw(raw, &jid);
+    join(&mut carol, &r, "Carol").await;
+    c[0].settle_and_clear().await;
+    c[1].settle_and_clear().await;
+
+    // Alice talks fast (at most 8 messages ahead of her echoes and of Bob), Carol reads
+    // nothing at all: 12 MB, more than the kernel buffers between the server and Carol (4 MB at
+    // most) and her session's queue hold.
+    const N: usize = 3000;
+    let padding = "x".repeat(4000);
+    let mut c = c.into_iter();
+    let (alice, bob) = (c.next().unwrap(), c.next().unwrap());
+    let (alice_io, alice_left) = alice.raw.into_io();
+    let (alice_in, mut alice_out) = tokio::io::split(alice_io);
+    let (bob_io, bob_left) = bob.raw.into_io();
+    let (alice_tx, mut alice_progress) = tokio::sync::watch::channel(0usize);
+    let (bob_tx, mut bob_progress) = tokio::sync::watch::channel(0usize);
+    let alice_reads = tokio::spawn(count_messages(alice_in, alice_left, N, alice_tx));
+    let bob_reads = tokio::spawn(count_messages(bob_io, bob_left, N, bob_tx));
+    {
+        use tokio::io::AsyncWriteExt;
+        for i in 0..N {
+            if i >= 8 {
+                for progress in [&mut alice_progress, &mut bob_progress] {
+                    let wait = progress.wait_for(|&n| n + 8 > i);
+                    tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+                        .await
+                        .expect("a reader stopped getting messages")
+                        .expect("a reader ended");
+                }
+            }
+            let message =
+                format!("<message to='{r}' type='groupchat'><body>m{i} {padding}</body></message>");
+            alice_out.write_all(message.as_bytes()).await.unwrap();
+        }
+        alice_out.flush().await.unwrap();
+    }
+    let bob_got = bob_reads.await.unwrap();
+    assert_eq!(bob_got.len(), N, "Bob gets every message");
+    in_order(&bob_got).unwrap();
+    assert_eq!(alice_reads.await.unwrap().len(), N, "Alice gets every echo");
+
+    // Carol fell too far behind: closed with a policy violation, after an unbroken, ordered
+    // beginning of the flood.
+    let (mut carol_io, carol_left) = carol.raw.into_io();
+    let text = read_until(&mut carol_io, carol_left, |t| {
+        t.contains("</stream:stream>")
+    })
+    .await;
+    assert!(
+        text.contains("policy-violation"),
+        "{}",
+        &text[text.len().saturating_sub(400)..]
+    );
+    let got = numbered(&text);
+    assert!(got.len() < N, "Carol cannot have read it all");
+    in_order(&got).unwrap();
+}

@@ -239,6 +239,24 @@ impl SessionHandle {
         }
     }
 
+    /// Queues bytes for the session now, in order, even beyond its queue's capacity by up to
+    /// `extra` stanzas (a fan-out that must not wait on one slow reader). A session that falls
+    /// further behind than that is not reading: it is closed, and the bytes are given back.
+    pub fn push_beyond(&self, out: Outbound, extra: usize) -> Result<(), Outbound> {
+        match self.queue.push_beyond(out, extra) {
+            Ok(()) => Ok(()),
+            Err(queue::TrySendError::Closed(out)) => Err(out),
+            Err(queue::TrySendError::Full(out)) => {
+                tracing::warn!(jid = %self.jid, "session fell too far behind a fan-out; closing it");
+                self.close(Closing::Error(StreamError::with_text(
+                    crate::error::StreamErrorCondition::PolicyViolation,
+                    "too many unread stanzas",
+                )));
+                Err(out)
+            }
+        }
+    }
+
     /// Queues bytes for the session. Waits while its queue is full (back-pressure); a recipient that
     /// stays full that long is not reading, so it is closed rather than allowed to stall the sender.
     pub async fn send(&self, out: Outbound) -> bool {

@@ -24,6 +24,19 @@ struct Shared<T> {
 struct Items<T> {
     queue: VecDeque<T>,
     closed: bool,
+    /// How many of the queued items were pushed beyond the capacity (`push_beyond`): taking one
+    /// out frees no slot until these are gone.
+    beyond: usize,
+}
+
+impl<T> Items<T> {
+    /// Takes the next item, and whether a slot came free with it.
+    fn pop(&mut self) -> Option<(T, bool)> {
+        let item = self.queue.pop_front()?;
+        let freed = self.beyond == 0;
+        self.beyond = self.beyond.saturating_sub(1);
+        Some((item, freed))
+    }
 }
 
 impl<T> Shared<T> {
@@ -61,6 +74,7 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         items: Mutex::new(Items {
             queue: VecDeque::new(),
             closed: false,
+            beyond: 0,
         }),
         room: Semaphore::new(capacity.max(1)),
         ready: Notify::new(),
@@ -81,6 +95,29 @@ impl<T> Sender<T> {
             Err(TryAcquireError::NoPermits) => Err(TrySendError::Full(item)),
             Err(TryAcquireError::Closed) => Err(TrySendError::Closed(item)),
         }
+    }
+
+    /// Queues an item now, in order with everything else, even when the queue is full: up to
+    /// `extra` items beyond its capacity. For fan-outs that must not wait on one slow receiver
+    /// (a room's message to its occupants) nor reorder what it gets. `Full` past that.
+    pub fn push_beyond(&self, item: T, extra: usize) -> Result<(), TrySendError<T>> {
+        let item = match self.try_send(item) {
+            Err(TrySendError::Full(item)) => item,
+            other => return other,
+        };
+        {
+            let mut items = self.0.items();
+            if items.closed {
+                return Err(TrySendError::Closed(item));
+            }
+            if items.beyond >= extra {
+                return Err(TrySendError::Full(item));
+            }
+            items.beyond += 1;
+            items.queue.push_back(item);
+        }
+        self.0.ready.notify_one();
+        Ok(())
     }
 
     /// Waits for room, then queues; gives the item back if the receiver is gone.
@@ -119,9 +156,11 @@ impl<T> Receiver<T> {
         loop {
             {
                 let mut items = self.0.items();
-                if let Some(item) = items.queue.pop_front() {
+                if let Some((item, freed)) = items.pop() {
                     drop(items);
-                    self.0.room.add_permits(1);
+                    if freed {
+                        self.0.room.add_permits(1);
+                    }
                     return Some(item);
                 }
                 if items.closed || self.0.senders.load(Ordering::Acquire) == 0 {
@@ -138,11 +177,11 @@ impl<T> Receiver<T> {
     }
 
     pub fn try_recv(&mut self) -> Option<T> {
-        let item = self.0.items().queue.pop_front();
-        if item.is_some() {
+        let (item, freed) = self.0.items().pop()?;
+        if freed {
             self.0.room.add_permits(1);
         }
-        item
+        Some(item)
     }
 
     /// Refuses further items; those already queued can still be taken with `try_recv`.
@@ -162,6 +201,27 @@ impl<T> Drop for Receiver<T> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn items_pushed_beyond_the_capacity_keep_their_order_and_free_no_slot() {
+        let (tx, mut rx) = bounded(2);
+        for i in 0..2 {
+            tx.push_beyond(i, 2).unwrap();
+        }
+        assert!(matches!(tx.try_send(9), Err(TrySendError::Full(9))));
+        tx.push_beyond(2, 2).unwrap();
+        tx.push_beyond(3, 2).unwrap();
+        assert!(matches!(tx.push_beyond(4, 2), Err(TrySendError::Full(4))));
+        // The two taken first were beyond: the queue is still full.
+        assert_eq!(rx.recv().await, Some(0));
+        assert_eq!(rx.try_recv(), Some(1));
+        assert!(matches!(tx.try_send(9), Err(TrySendError::Full(9))));
+        assert_eq!(rx.try_recv(), Some(2));
+        tx.try_send(5).unwrap();
+        assert_eq!(rx.try_recv(), Some(3));
+        assert_eq!(rx.try_recv(), Some(5));
+        assert_eq!(rx.try_recv(), None);
+    }
 
     #[tokio::test]
     async fn delivers_in_order_and_applies_back_pressure() {

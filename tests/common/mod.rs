@@ -54,6 +54,8 @@ pub struct Options {
     pub log_level: String,
     /// Seconds a session with XEP-0198 resumption survives a lost connection.
     pub resume_timeout: u64,
+    /// Stanzas queued per session before senders wait (`[c2s] session_queue`).
+    pub session_queue: usize,
     /// Extra TOML appended verbatim (for tables not covered above).
     pub extra: String,
 }
@@ -70,6 +72,7 @@ impl Default for Options {
             scram_iterations: 4096,
             log_level: "info,rookery=debug".into(),
             resume_timeout: 60,
+            session_queue: 512,
             extra: String::new(),
         }
     }
@@ -108,6 +111,7 @@ require_encryption = {require}
 max_stanza_size = {max_stanza}
 auth_timeout = {auth_timeout}
 resume_timeout = {resume_timeout}
+session_queue = {session_queue}
 [tls]
 cert = "{cert}"
 key = "{key}"
@@ -132,6 +136,7 @@ failure_delay_ms = {delay}
             log_level = options.log_level,
             resume_timeout = options.resume_timeout,
             scram_iterations = options.scram_iterations,
+            session_queue = options.session_queue,
             extra = options.extra,
         );
         std::fs::write(&config, text).expect("write config");
@@ -347,6 +352,20 @@ pub const WAIT: Duration = Duration::from_secs(10);
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
         let tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).unwrap();
+        Raw {
+            io: Some(Box::new(tcp)),
+            pending: String::new(),
+            exporter: None,
+        }
+    }
+
+    /// A connection with a small receive buffer: a client that stops reading is soon felt by the
+    /// server (its writes stall), as a slow phone would be.
+    pub async fn connect_small_window(addr: SocketAddr, bytes: u32) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let tcp = socket.connect(addr).await.expect("connect");
         tcp.set_nodelay(true).unwrap();
         Raw {
             io: Some(Box::new(tcp)),
@@ -639,7 +658,16 @@ pub async fn logged_in(
     password: &str,
     resource: &str,
 ) -> (Raw, String) {
-    let mut c = Raw::connect(server.c2s).await;
+    logged_in_over(Raw::connect(server.c2s).await, user, password, resource).await
+}
+
+/// Like `logged_in`, over a connection the test opened itself.
+pub async fn logged_in_over(
+    mut c: Raw,
+    user: &str,
+    password: &str,
+    resource: &str,
+) -> (Raw, String) {
     c.starttls().await;
     let jid = c
         .login("SCRAM-SHA-256", user, password, Some(resource))

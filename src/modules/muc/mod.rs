@@ -352,33 +352,16 @@ impl Done {
     }
 }
 
-/// Hands each stanza to its session. A full queue does not stop the fan-out: what that session
-/// still has to get waits, in order, in a task of its own (the session is closed if it stays
-/// full, see `SessionHandle::send`).
+/// Hands each stanza to its session without waiting: a session whose queue is full takes it
+/// beyond its capacity (in order), up to four queues' worth; one further behind is closed (see
+/// `SessionHandle::push_beyond`). So a slow occupant never holds up the room, and never gets its
+/// stanzas out of order.
 async fn deliver(state: &ServerState, deliveries: Vec<Delivery>) {
-    let mut waiting: HashMap<FullJid, (crate::router::SessionHandle, Vec<Outbound>)> =
-        HashMap::new();
+    let extra = state.config.c2s.session_queue.saturating_mul(4);
     for (to, bytes) in deliveries {
-        let out = Outbound::Stanza(bytes);
-        // Once one copy waits, the session's later copies queue behind it: a joining session
-        // gets presences, history and subject in order, a query its results before the end.
-        if let Some((_, later)) = waiting.get_mut(&to) {
-            later.push(out);
-            continue;
+        if let Some(session) = state.router.get(&to) {
+            let _ = session.push_beyond(Outbound::Stanza(bytes), extra);
         }
-        let Some(session) = state.router.get(&to) else {
-            continue;
-        };
-        if let Err(out) = session.try_send(out) {
-            waiting.insert(to, (session, vec![out]));
-        }
-    }
-    for (_, (session, items)) in waiting {
-        tokio::spawn(async move {
-            for out in items {
-                session.send(out).await;
-            }
-        });
     }
 }
 
