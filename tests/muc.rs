@@ -1637,3 +1637,43 @@ async fn an_occupant_that_stops_reading_holds_up_nobody_and_is_closed_in_order()
     assert!(got.len() < N, "Carol cannot have read it all");
     in_order(&got).unwrap();
 }
+
+#[tokio::test]
+async fn direct_invitations_reach_the_invitee_online_or_offline() {
+    let server = server_with_users(&["alice", "bob", "carol"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob"]).await;
+    c[1].online_with("here", None).await;
+    c[0].settle_and_clear().await;
+    let r = room("direct");
+    create(&mut c[0], &r, "Alice").await;
+    // XEP-0249: from user to user, not through the room.
+    let invite = |to: &str| {
+        format!(
+            "<message to='{to}'><x xmlns='jabber:x:conference' jid='{r}' reason='come along'/></message>"
+        )
+    };
+    c[0].send(&invite("bob@localhost")).await;
+    let got = c[1]
+        .wait("the invitation", |el| {
+            el.get_child("x", "jabber:x:conference").is_some()
+        })
+        .await;
+    let x = got.get_child("x", "jabber:x:conference").unwrap();
+    assert_eq!(x.attr("jid"), Some(r.as_str()));
+    assert_eq!(got.attr("from"), Some("alice@localhost/phone"));
+    // Carol is offline: the invitation waits for her.
+    c[0].send(&invite("carol@localhost")).await;
+    c[0].ping().await;
+    let mut carol = Client::bound_with(&server, "carol", PASSWORD, "phone").await;
+    carol.online_with("back", None).await;
+    let got = carol
+        .wait("the stored invitation", |el| {
+            el.get_child("x", "jabber:x:conference").is_some()
+        })
+        .await;
+    assert!(
+        got.get_child("delay", "urn:xmpp:delay").is_some(),
+        "{}",
+        xml(&got)
+    );
+}

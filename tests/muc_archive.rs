@@ -643,3 +643,65 @@ async fn a_temporary_rooms_archive_goes_with_the_room() {
     let page = query(&mut c[0], &temp, &[], "", "").await;
     assert!(page.results.is_empty(), "{}", page.bodies().join(", "));
 }
+
+#[tokio::test]
+async fn displayed_markers_reach_the_room_and_its_archive_but_not_the_history() {
+    let server = server_with_users(&["alice", "bob"], PASSWORD);
+    let mut c = clients(&server, &["alice", "bob"]).await;
+    let club = persistent_room(&mut c[0], "marks", &[("muc#roomconfig_membersonly", "1")]).await;
+    let member = admin(
+        &mut c[0],
+        &club,
+        "<item affiliation='member' jid='bob@localhost'/>",
+    )
+    .await;
+    assert_eq!(member.attr("type"), Some("result"), "{}", xml(&member));
+    join(&mut c[1], &club, "Bob").await;
+    let ids = say(&mut c[0], &club, &["read me"]).await;
+    c[1].wait_body("read me").await;
+    // Bob has read it (XEP-0333, groupchat markers point at the room's stanza-id).
+    c[1].send(&format!(
+        "<message to='{club}' type='groupchat'><displayed xmlns='urn:xmpp:chat-markers:0' id='{}'/></message>",
+        ids[0]
+    ))
+    .await;
+    let marker = c[0]
+        .wait("Bob's marker", |el| {
+            el.get_child("displayed", "urn:xmpp:chat-markers:0")
+                .is_some()
+        })
+        .await;
+    assert_eq!(marker.attr("from"), Some(format!("{club}/Bob").as_str()));
+    // Alice's other device learns it from the archive.
+    let page = query(&mut c[0], &club, &[], "", "").await;
+    let messages = page.messages();
+    assert_eq!(messages.len(), 2, "{}", xml(&page.end));
+    let archived = messages[1]
+        .get_child("displayed", "urn:xmpp:chat-markers:0")
+        .and_then(|d| d.attr("id"));
+    assert_eq!(archived, Some(ids[0].as_str()));
+    // Newcomers' history has messages only.
+    c[1].send(&format!("<presence to='{club}/Bob' type='unavailable'/>"))
+        .await;
+    c[1].settle_and_clear().await;
+    c[1].send(&format!(
+        "<presence to='{club}/Bob'><x xmlns='{MUC}'><history maxstanzas='10'/></x></presence>"
+    ))
+    .await;
+    c[1].wait("subject", |el| {
+        el.get_child("subject", "jabber:client").is_some()
+    })
+    .await;
+    let marked = c[1]
+        .take(|el| {
+            el.get_child("displayed", "urn:xmpp:chat-markers:0")
+                .is_some()
+        })
+        .len();
+    assert_eq!(marked, 0, "a marker in the history");
+    assert_eq!(
+        c[1].take(|el| body_of(el).as_deref() == Some("read me"))
+            .len(),
+        1
+    );
+}
