@@ -1320,7 +1320,7 @@ async fn registered_and_granted_nicks_are_reserved_for_their_owners() {
 }
 
 #[tokio::test]
-async fn outcasts_and_strangers_to_a_members_only_room_cannot_register() {
+async fn outcasts_and_strangers_to_members_only_or_moderated_rooms_cannot_register() {
     let server = server_with_users(&["alice", "bob", "carol"], PASSWORD);
     let mut c = clients(&server, &["alice", "bob", "carol"]).await;
     let open = room("openreg");
@@ -1348,6 +1348,13 @@ async fn outcasts_and_strangers_to_a_members_only_room_cannot_register() {
         )
         .await;
     assert_eq!(error_condition(&form).as_deref(), Some("not-allowed"));
+    // Membership gives voice: a moderated room's members are made by its admins.
+    let quiet = room("quietreg");
+    create(&mut c[0], &quiet, "Alice").await;
+    let done = configure(&mut c[0], &quiet, &[("muc#roomconfig_moderatedroom", "1")]).await;
+    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    let refused = register(&mut c[1], &quiet, "Bob").await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("not-allowed"));
     let nowhere = register(&mut c[1], &room("nowhere"), "Bob").await;
     assert_eq!(error_condition(&nowhere).as_deref(), Some("item-not-found"));
 }

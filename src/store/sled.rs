@@ -572,9 +572,11 @@ impl ArchiveStore for SledBackend {
             .range(archive_key(archive, from)..=archive_key(archive, to));
         let mut take = |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, StoreError> {
             let (k, v) = entry.map_err(backend)?;
-            let item = decode_archived(archive, &k, &v)?;
-            if keep(&item) {
-                out.push(item);
+            match decode_archived(archive, &k, &v) {
+                Ok(item) if keep(&item) => out.push(item),
+                Ok(_) => {}
+                // One unreadable entry does not make the rest of the archive unreadable.
+                Err(err) => tracing::error!(error = %err, "skipping an archived stanza"),
             }
             Ok(out.len() < limit)
         };

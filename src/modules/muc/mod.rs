@@ -128,14 +128,20 @@ impl Service {
                 Ok(stored) => {
                     // The newest archived messages are the history again, and the archive's
                     // next key follows its last.
-                    let newest = stores.archive.scan(
-                        &jid,
-                        0,
-                        u64::MAX,
-                        true,
-                        stored.config.history_length.max(1),
-                        &mut |_| true,
-                    )?;
+                    let newest = stores
+                        .archive
+                        .scan(
+                            &jid,
+                            0,
+                            u64::MAX,
+                            true,
+                            stored.config.history_length.max(1),
+                            &mut |item| has_body(&item.stanza),
+                        )
+                        .unwrap_or_else(|err| {
+                            tracing::error!(room = %jid, error = %err, "cannot read a room's archive; its history starts empty");
+                            Vec::new()
+                        });
                     let mut room = Room::restore(jid.clone(), stored);
                     room.restore_history(&newest);
                     rooms.insert(jid, Arc::new(Mutex::new(room)));
@@ -203,6 +209,11 @@ impl Service {
             forget_archive(stores, jid);
         }
     }
+}
+
+/// Whether a serialized message has a body (what the discussion history keeps).
+fn has_body(stanza: &[u8]) -> bool {
+    stanza.windows(6).any(|w| w == b"<body>" || w == b"<body ")
 }
 
 /// Deletes the archive of a room that is gone (or of one left behind by a temporary room when
@@ -357,7 +368,14 @@ impl Done {
 /// `SessionHandle::push_beyond`). So a slow occupant never holds up the room, and never gets its
 /// stanzas out of order.
 async fn deliver(state: &ServerState, deliveries: Vec<Delivery>) {
-    let extra = state.config.c2s.session_queue.saturating_mul(4);
+    // Room for a whole page of archive results on top of the fan-out allowance: answering a
+    // query must not look like falling behind.
+    let extra = state
+        .config
+        .c2s
+        .session_queue
+        .saturating_mul(4)
+        .saturating_add(archive::MAX_PAGE + 1);
     for (to, bytes) in deliveries {
         if let Some(session) = state.router.get(&to) {
             let _ = session.push_beyond(Outbound::Stanza(bytes), extra);

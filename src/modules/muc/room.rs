@@ -346,6 +346,7 @@ impl Room {
         remove_attr(&mut out, "to");
         set_attr(&mut out, "from", &from);
         set_attr(&mut out, "id", &id);
+        xml::retain_children(&mut out, |c| !c.is("x", NS_MUC_USER));
         if self.pending_iqs.len() >= MAX_PENDING_IQS {
             self.pending_iqs.pop_front();
         }
@@ -416,10 +417,12 @@ impl Room {
         self.may_register(user)?;
         self.nick_free_for(nick, user)?;
         self.reserved.insert(user.clone(), nick.to_string());
-        if self.affiliation(user) == Affiliation::None {
-            self.affiliations.insert(user.clone(), Affiliation::Member);
-        }
         self.changed = true;
+        if self.affiliation(user) != Affiliation::None {
+            // Only the nick changed: roles stay as moderators left them.
+            return Ok(Vec::new());
+        }
+        self.affiliations.insert(user.clone(), Affiliation::Member);
         Ok(self.affiliation_changed(user, None, None))
     }
 
@@ -449,7 +452,9 @@ impl Room {
                 "you are banned from this room",
             ));
         }
-        if self.config.members_only && affiliation < Affiliation::Member {
+        // Membership gives voice: in a members-only or moderated room only admins grant it.
+        if (self.config.members_only || self.config.moderated) && affiliation < Affiliation::Member
+        {
             return Err(StanzaError::with_text(
                 StanzaErrorCondition::NotAllowed,
                 "members of this room are added by its admins",
@@ -800,7 +805,10 @@ impl Room {
         let mut out = message.clone();
         remove_attr(&mut out, "to");
         set_attr(&mut out, "from", &self.occupant_jid(from));
-        xml::retain_children(&mut out, |c| !c.is("occupant-id", NS_OCCUPANT_ID));
+        // Only the room speaks about occupants (§17.3): no client-made id or muc#user item.
+        xml::retain_children(&mut out, |c| {
+            !c.is("occupant-id", NS_OCCUPANT_ID) && !c.is("x", NS_MUC_USER)
+        });
         if let Some(sender) = self.occupants.get(from) {
             out.append_child(sender.id.clone());
         }
