@@ -145,6 +145,33 @@ pub fn escape_into(text: &str, attribute: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes[start..]);
 }
 
+/// A serialized element with `child` (serialized) added as its last child, without parsing it
+/// again: for a copy that differs from a shared serialization by one child.
+pub fn with_last_child(serialized: &[u8], name: &str, child: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(serialized.len() + child.len() + name.len() + 3);
+    let end_len = name.len() + 3;
+    let closed = serialized.len() >= end_len
+        && serialized.ends_with(b">")
+        && serialized[serialized.len() - end_len..].starts_with(b"</")
+        && &serialized[serialized.len() - end_len + 2..serialized.len() - 1] == name.as_bytes();
+    if closed {
+        out.extend_from_slice(&serialized[..serialized.len() - end_len]);
+        out.extend_from_slice(child);
+        out.extend_from_slice(&serialized[serialized.len() - end_len..]);
+    } else if let Some(open) = serialized.strip_suffix(b"/>") {
+        // An empty element: it gets content and an end tag.
+        out.extend_from_slice(open);
+        out.push(b'>');
+        out.extend_from_slice(child);
+        out.extend_from_slice(b"</");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'>');
+    } else {
+        out.extend_from_slice(serialized);
+    }
+    out
+}
+
 /// Keeps only the child elements for which `keep` is true (text and other nodes stay).
 pub fn retain_children(el: &mut Element, keep: impl Fn(&Element) -> bool) {
     for node in el.take_nodes() {
@@ -173,6 +200,19 @@ pub const STREAM_CLOSE: &[u8] = b"</stream:stream>";
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_last_child_goes_before_the_end_tag_or_makes_one() {
+        let child = b"<delay xmlns='urn:xmpp:delay'/>";
+        assert_eq!(
+            with_last_child(b"<message xmlns='jabber:client'><body>x</body></message>", "message", child),
+            b"<message xmlns='jabber:client'><body>x</body><delay xmlns='urn:xmpp:delay'/></message>".to_vec()
+        );
+        assert_eq!(
+            with_last_child(b"<message xmlns='jabber:client'/>", "message", child),
+            b"<message xmlns='jabber:client'><delay xmlns='urn:xmpp:delay'/></message>".to_vec()
+        );
+    }
     use super::*;
 
     fn round_trip(el: &Element) -> Element {

@@ -126,24 +126,24 @@ impl Service {
             }
             match serde_json::from_slice::<room::StoredRoom>(&doc) {
                 Ok(stored) => {
-                    // The newest archived messages are the history again, and the archive's
-                    // next key follows its last.
-                    let newest = stores
-                        .archive
-                        .scan(
-                            &jid,
-                            0,
-                            u64::MAX,
-                            true,
-                            stored.config.history_length.max(1),
-                            &mut |item| has_body(&item.stanza),
-                        )
-                        .unwrap_or_else(|err| {
-                            tracing::error!(room = %jid, error = %err, "cannot read a room's archive; its history starts empty");
-                            Vec::new()
-                        });
+                    // The archive's next key follows its last entry, and its newest messages
+                    // with a body are the history again.
+                    let newest = |limit: usize, keep: &mut dyn FnMut(&ArchivedStanza) -> bool| {
+                        stores
+                            .archive
+                            .scan(&jid, 0, u64::MAX, true, limit, keep)
+                            .unwrap_or_else(|err| {
+                                tracing::error!(room = %jid, error = %err, "cannot read a room's archive; its history starts empty");
+                                Vec::new()
+                            })
+                    };
+                    let last = newest(1, &mut |_| true).first().map_or(0, |item| item.key);
+                    let history = newest(stored.config.history_length, &mut |item| {
+                        has_body(&item.stanza)
+                    });
                     let mut room = Room::restore(jid.clone(), stored);
-                    room.restore_history(&newest);
+                    room.archive_last = last;
+                    room.restore_history(&history);
                     rooms.insert(jid, Arc::new(Mutex::new(room)));
                 }
                 Err(err) => {
@@ -500,17 +500,22 @@ fn groupchat(
         .then(|| (archive::next_key(room.archive_last), archive::new_nonce()));
     let id = archived.map(|(key, nonce)| archive::public_id(key, nonce));
     let posted = room.groupchat(from, el, id.as_deref())?;
+    let mut at = chrono::Utc::now();
     if let Some((key, nonce)) = archived {
         let item = ArchivedStanza {
             key,
             nonce,
             with: from.to_bare().to_string(),
-            stanza: posted.serialized,
+            stanza: posted.serialized.clone(),
         };
         state.stores.archive.append(&room.jid, &item)?;
         room.archive_last = key;
+        // The history's stamp is the archive's, before and after a restart.
+        at = chrono::DateTime::from_timestamp_micros(key as i64).unwrap_or(at);
     }
-    room.remember(posted.message);
+    if posted.has_body {
+        room.remember(&posted.serialized, at);
+    }
     Ok(match (room.changed, archived) {
         (true, _) => Done::Changed(posted.deliveries),
         (false, Some(_)) => Done::Archived(posted.deliveries),
@@ -628,23 +633,13 @@ fn archive_filter(
 /// An archived room message with the sender's real JID (XEP-0313 §6.1.2: for askers who may see
 /// it), as `<x xmlns='…muc#user'><item jid=…/></x>` before the message's end.
 fn with_real_jid(stanza: &[u8], jid: &str) -> Vec<u8> {
-    let end = b"</message>";
-    let Some(at) = stanza
-        .len()
-        .checked_sub(end.len())
-        .filter(|&at| stanza[at..] == *end)
-    else {
-        return stanza.to_vec();
-    };
-    let mut out = Vec::with_capacity(stanza.len() + jid.len() + 80);
-    out.extend_from_slice(&stanza[..at]);
-    out.extend_from_slice(b"<x xmlns='");
-    out.extend_from_slice(NS_MUC_USER.as_bytes());
-    out.extend_from_slice(b"'><item jid='");
-    xml::escape_into(jid, true, &mut out);
-    out.extend_from_slice(b"'/></x>");
-    out.extend_from_slice(end);
-    out
+    let mut x = Vec::with_capacity(jid.len() + 80);
+    x.extend_from_slice(b"<x xmlns='");
+    x.extend_from_slice(NS_MUC_USER.as_bytes());
+    x.extend_from_slice(b"'><item jid='");
+    xml::escape_into(jid, true, &mut x);
+    x.extend_from_slice(b"'/></x>");
+    xml::with_last_child(stanza, "message", &x)
 }
 
 fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Done, StanzaError> {
@@ -697,16 +692,22 @@ fn iq(state: &ServerState, el: &Element, from: &FullJid, to: &Jid) -> Result<Don
             match payload.ns().as_str() {
                 // §7.12: the asker's reserved nick, or an empty answer.
                 ns::DISCO_INFO if !set && payload.attr("node") == Some("x-roomuser-item") => {
-                    let mut query = Element::bare("query", ns::DISCO_INFO);
-                    crate::error::set_attr(&mut query, "node", "x-roomuser-item");
-                    if let Some(reserved) = room.reserved_nick(&actor) {
-                        let mut identity = Element::bare("identity", ns::DISCO_INFO);
-                        crate::error::set_attr(&mut identity, "category", "conference");
-                        crate::error::set_attr(&mut identity, "type", "text");
-                        crate::error::set_attr(&mut identity, "name", reserved);
-                        query.append_child(identity);
-                    }
-                    Ok(Done::Deliver(vec![reply(query)]))
+                    let answer = DiscoInfoResult {
+                        node: Some("x-roomuser-item".into()),
+                        identities: room
+                            .reserved_nick(&actor)
+                            .map(|nick| Identity {
+                                category: "conference".into(),
+                                type_: "text".into(),
+                                lang: None,
+                                name: Some(nick.into()),
+                            })
+                            .into_iter()
+                            .collect(),
+                        features: Default::default(),
+                        extensions: Vec::new(),
+                    };
+                    Ok(Done::Deliver(vec![reply(answer.into())]))
                 }
                 ns::DISCO_INFO if !set => Ok(Done::Deliver(vec![reply(room_info(&room))])),
                 NS_REGISTER if !room.locked => {

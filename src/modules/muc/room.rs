@@ -175,10 +175,10 @@ pub type Delivery = (FullJid, Bytes);
 pub struct Posted {
     /// A copy for every occupant's every session.
     pub deliveries: Vec<Delivery>,
-    /// The message as the room sent it, without `to`: for the history (`Room::remember`)...
-    pub message: Element,
-    /// ...and serialized, for the archive.
+    /// The message as the room sent it, without `to`, serialized: for the archive and, when it
+    /// has a body, the history (`Room::remember`).
     pub serialized: Vec<u8>,
+    pub has_body: bool,
 }
 
 pub struct Room {
@@ -724,8 +724,8 @@ impl Room {
         let serialized = xml::serialize(&out);
         Ok(Posted {
             deliveries: self.copies_to_everyone(&serialized, "message"),
-            message: out,
             serialized,
+            has_body: message.has_child("body", ns::CLIENT),
         })
     }
 
@@ -763,24 +763,12 @@ impl Room {
         Ok(())
     }
 
-    /// Fills the discussion history of a room loaded at startup from the newest archived
-    /// messages (`newest` newest first), and notes where the archive ends.
+    /// Fills the discussion history of a room loaded at startup from its newest archived
+    /// messages with a body (`newest`, newest first; archived as sent, like `Posted::serialized`).
     pub fn restore_history(&mut self, newest: &[crate::store::ArchivedStanza]) {
-        if let Some(last) = newest.first() {
-            self.archive_last = self.archive_last.max(last.key);
-        }
         for item in newest.iter().rev() {
-            let Ok(message) = std::str::from_utf8(&item.stanza)
-                .map_err(|_| ())
-                .and_then(|text| text.parse::<Element>().map_err(|_| ()))
-            else {
-                continue;
-            };
-            if message.has_child("body", ns::CLIENT) {
-                let at =
-                    chrono::DateTime::from_timestamp_micros(item.key as i64).unwrap_or_default();
-                self.remember_at(message, at);
-            }
+            let at = chrono::DateTime::from_timestamp_micros(item.key as i64).unwrap_or_default();
+            self.remember(&item.stanza, at);
         }
     }
 
@@ -1266,24 +1254,24 @@ impl Room {
         Ok(out)
     }
 
-    /// Keeps a message (as sent to the room, without `to`) for the discussion history, stamped
-    /// with when the room got it. Only messages with a body are history.
-    pub fn remember(&mut self, message: Element) {
-        if message.has_child("body", ns::CLIENT) {
-            self.remember_at(message, chrono::Utc::now());
-        }
-    }
-
-    fn remember_at(&mut self, mut message: Element, at: chrono::DateTime<chrono::Utc>) {
+    /// Keeps a message with a body for the discussion history, stamped with when the room got
+    /// it.
+    /// `serialized` is the message as the room sent it (`Posted::serialized`); the history's copy
+    /// gets its delay stamp spliced in, without serializing the message again.
+    pub fn remember(&mut self, serialized: &[u8], at: chrono::DateTime<chrono::Utc>) {
         if self.config.history_length == 0 {
             self.history.clear();
             return;
         }
-        let mut delay = Element::bare("delay", ns::DELAY);
-        set_attr(&mut delay, "from", self.jid.as_str());
-        set_attr(&mut delay, "stamp", &crate::modules::offline::stamp(at));
-        message.append_child(delay);
-        let bytes = xml::serialize(&message);
+        let mut delay = Vec::with_capacity(128);
+        delay.extend_from_slice(b"<delay xmlns='");
+        delay.extend_from_slice(ns::DELAY.as_bytes());
+        delay.extend_from_slice(b"' from='");
+        xml::escape_into(self.jid.as_str(), true, &mut delay);
+        delay.extend_from_slice(b"' stamp='");
+        delay.extend_from_slice(crate::modules::offline::stamp(at).as_bytes());
+        delay.extend_from_slice(b"'/>");
+        let bytes = xml::with_last_child(serialized, "message", &delay);
         let chars = String::from_utf8_lossy(&bytes).chars().count();
         self.history.push_back(Past {
             at,
