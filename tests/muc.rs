@@ -514,28 +514,19 @@ async fn persistent_rooms_keep_configuration_affiliations_and_subject_across_a_r
     )
     .await;
     assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
-    let member = admin(
+    admin_ok(
         &mut c[0],
         &club,
         "<item affiliation='member' jid='bob@localhost'/>",
     )
     .await;
-    assert_eq!(member.attr("type"), Some("result"), "{}", xml(&member));
-    let ban = admin(
+    admin_ok(
         &mut c[0],
         &club,
         "<item affiliation='outcast' jid='carol@localhost'/>",
     )
     .await;
-    assert_eq!(ban.attr("type"), Some("result"), "{}", xml(&ban));
-    c[0].send(&format!(
-        "<message to='{club}' type='groupchat'><subject>Members only</subject></message>"
-    ))
-    .await;
-    c[0].wait("subject echo", |el| {
-        el.get_child("subject", "jabber:client").is_some()
-    })
-    .await;
+    set_subject(&mut c[0], &club, "Members only").await;
     // A temporary room does not survive.
     let temp = room("temp");
     create(&mut c[0], &temp, "Alice").await;
@@ -617,8 +608,7 @@ async fn persistent_rooms_keep_configuration_affiliations_and_subject_across_a_r
         Ok(vec!["bob@localhost".to_string()])
     );
     // The owner is still the owner: configuring works.
-    let renamed = configure(&mut c[0], &club, &[("muc#roomconfig_roomname", "Club")]).await;
-    assert_eq!(renamed.attr("type"), Some("result"), "{}", xml(&renamed));
+    configure_ok(&mut c[0], &club, &[("muc#roomconfig_roomname", "Club")]).await;
     // The temporary room is gone: entering it creates a new one.
     let me = join(&mut c[0], &temp, "Alice").await;
     assert!(codes(&me).contains(&"201".to_string()), "{}", xml(&me));
@@ -663,13 +653,12 @@ async fn moderators_kick_and_give_voice_admins_ban_and_rights_are_checked() {
 
     // A kick: the occupant leaves with 307 and the reason, the others see it.
     join(&mut c[2], &r, "Carol").await;
-    let kick = admin(
+    admin_ok(
         &mut c[0],
         &r,
         "<item nick='Carol' role='none'><reason>too loud</reason></item>",
     )
     .await;
-    assert_eq!(kick.attr("type"), Some("result"), "{}", xml(&kick));
     let own = gone_with(&mut c[2], &r, "Carol", "307").await;
     assert!(codes(&own).contains(&"110".to_string()), "{}", xml(&own));
     assert!(xml(&own).contains("too loud"), "{}", xml(&own));
@@ -683,13 +672,12 @@ async fn moderators_kick_and_give_voice_admins_ban_and_rights_are_checked() {
 
     // A ban (by JID): out with 301 if present, refused on entering, on the ban list.
     join(&mut c[2], &r, "Carol").await;
-    let ban = admin(
+    admin_ok(
         &mut c[0],
         &r,
         "<item affiliation='outcast' jid='carol@localhost'/>",
     )
     .await;
-    assert_eq!(ban.attr("type"), Some("result"), "{}", xml(&ban));
     gone_with(&mut c[2], &r, "Carol", "301").await;
     gone_with(&mut c[1], &r, "Carol", "301").await;
     send_join(&mut c[2], &r, "Carol", None).await;
@@ -715,13 +703,12 @@ async fn moderators_kick_and_give_voice_admins_ban_and_rights_are_checked() {
         error_condition(&by_participant).as_deref(),
         Some("forbidden")
     );
-    let made = admin(
+    admin_ok(
         &mut c[0],
         &r,
         "<item affiliation='admin' jid='bob@localhost'/>",
     )
     .await;
-    assert_eq!(made.attr("type"), Some("result"), "{}", xml(&made));
     let promoted = c[1]
         .wait("Bob is admin", |el| {
             presence_from(el, &format!("{r}/Bob")) && item(el).0 == "admin"
@@ -931,8 +918,7 @@ async fn newcomers_get_the_discussion_history_they_ask_for() {
     .await
     .is_empty());
     // A shorter history keeps only the newest.
-    let done = configure(&mut c[0], &r, &[("muc#roomconfig_historylength", "3")]).await;
-    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    configure_ok(&mut c[0], &r, &[("muc#roomconfig_historylength", "3")]).await;
     c[0].send(&format!(
         "<message to='{r}' type='groupchat'><body>m6</body></message>"
     ))
@@ -1205,8 +1191,7 @@ async fn registered_and_granted_nicks_are_reserved_for_their_owners() {
     let mut c = clients(&server, &["alice", "bob", "carol", "dave"]).await;
     let club = room("nicks");
     create(&mut c[0], &club, "Alice").await;
-    let done = configure(&mut c[0], &club, &[("muc#roomconfig_persistentroom", "1")]).await;
-    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    configure_ok(&mut c[0], &club, &[("muc#roomconfig_persistentroom", "1")]).await;
 
     // Bob asks what registering takes, registers, and becomes a member with his nick reserved.
     let form = c[1]
@@ -1268,13 +1253,12 @@ async fn registered_and_granted_nicks_are_reserved_for_their_owners() {
     join(&mut c[1], &club, "Bobby").await;
 
     // An admin reserves a nick with the membership (§9.3).
-    let granted = admin(
+    admin_ok(
         &mut c[0],
         &club,
         "<item affiliation='member' jid='dave@localhost' nick='Dave'/>",
     )
     .await;
-    assert_eq!(granted.attr("type"), Some("result"), "{}", xml(&granted));
     assert_eq!(
         reserved_nick(&mut c[3], &club).await.as_deref(),
         Some("Dave")
@@ -1325,19 +1309,17 @@ async fn outcasts_and_strangers_to_members_only_or_moderated_rooms_cannot_regist
     let mut c = clients(&server, &["alice", "bob", "carol"]).await;
     let open = room("openreg");
     create(&mut c[0], &open, "Alice").await;
-    let ban = admin(
+    admin_ok(
         &mut c[0],
         &open,
         "<item affiliation='outcast' jid='carol@localhost'/>",
     )
     .await;
-    assert_eq!(ban.attr("type"), Some("result"), "{}", xml(&ban));
     let refused = register(&mut c[2], &open, "Carol").await;
     assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
     let closed = room("closedreg");
     create(&mut c[0], &closed, "Alice").await;
-    let done = configure(&mut c[0], &closed, &[("muc#roomconfig_membersonly", "1")]).await;
-    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    configure_ok(&mut c[0], &closed, &[("muc#roomconfig_membersonly", "1")]).await;
     let refused = register(&mut c[1], &closed, "Bob").await;
     assert_eq!(error_condition(&refused).as_deref(), Some("not-allowed"));
     let form = c[1]
@@ -1351,8 +1333,7 @@ async fn outcasts_and_strangers_to_members_only_or_moderated_rooms_cannot_regist
     // Membership gives voice: a moderated room's members are made by its admins.
     let quiet = room("quietreg");
     create(&mut c[0], &quiet, "Alice").await;
-    let done = configure(&mut c[0], &quiet, &[("muc#roomconfig_moderatedroom", "1")]).await;
-    assert_eq!(done.attr("type"), Some("result"), "{}", xml(&done));
+    configure_ok(&mut c[0], &quiet, &[("muc#roomconfig_moderatedroom", "1")]).await;
     let refused = register(&mut c[1], &quiet, "Bob").await;
     assert_eq!(error_condition(&refused).as_deref(), Some("not-allowed"));
     let nowhere = register(&mut c[1], &room("nowhere"), "Bob").await;

@@ -151,3 +151,27 @@ pub async fn admin(c: &mut Client, room: &str, item: &str) -> Element {
     )
     .await
 }
+
+/// A muc#admin set of one item that must succeed.
+pub async fn admin_ok(c: &mut Client, room: &str, item: &str) {
+    let reply = admin(c, room, item).await;
+    assert_eq!(reply.attr("type"), Some("result"), "{}", xml(&reply));
+}
+
+/// A configuration form that must be accepted.
+pub async fn configure_ok(owner: &mut Client, room: &str, fields: &[(&str, &str)]) {
+    let reply = configure(owner, room, fields).await;
+    assert_eq!(reply.attr("type"), Some("result"), "{}", xml(&reply));
+}
+
+/// Sets the subject and waits for its echo.
+pub async fn set_subject(c: &mut Client, room: &str, subject: &str) {
+    c.send(&format!(
+        "<message to='{room}' type='groupchat'><subject>{subject}</subject></message>"
+    ))
+    .await;
+    c.wait("subject echo", |el| {
+        el.get_child("subject", "jabber:client").is_some()
+    })
+    .await;
+}

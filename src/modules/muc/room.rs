@@ -446,12 +446,7 @@ impl Room {
     /// for non-members of a members-only room.
     pub fn may_register(&self, user: &BareJid) -> Result<(), StanzaError> {
         let affiliation = self.affiliation(user);
-        if affiliation == Affiliation::Outcast {
-            return Err(StanzaError::with_text(
-                StanzaErrorCondition::Forbidden,
-                "you are banned from this room",
-            ));
-        }
+        not_banned(affiliation)?;
         // Membership gives voice: in a members-only or moderated room only admins grant it.
         if (self.config.members_only || self.config.moderated) && affiliation < Affiliation::Member
         {
@@ -529,12 +524,7 @@ impl Room {
                 "the room is not configured yet",
             ));
         }
-        if affiliation == Affiliation::Outcast {
-            return Err(StanzaError::with_text(
-                StanzaErrorCondition::Forbidden,
-                "you are banned from this room",
-            ));
-        }
+        not_banned(affiliation)?;
         if self.config.members_only && affiliation < Affiliation::Member {
             return Err(StanzaError::with_text(
                 StanzaErrorCondition::RegistrationRequired,
@@ -748,9 +738,7 @@ impl Room {
                 text,
             ))
         };
-        if affiliation == Affiliation::Outcast {
-            return refuse("you are banned from this room");
-        }
+        not_banned(affiliation)?;
         if self.config.members_only && affiliation < Affiliation::Member {
             return refuse("this room's archive is for its members");
         }
@@ -1464,6 +1452,17 @@ impl Room {
         }
         out
     }
+}
+
+/// `<forbidden/>` for outcasts: they may not enter, register or read the archive.
+fn not_banned(affiliation: Affiliation) -> Result<(), StanzaError> {
+    if affiliation == Affiliation::Outcast {
+        return Err(StanzaError::with_text(
+            StanzaErrorCondition::Forbidden,
+            "you are banned from this room",
+        ));
+    }
+    Ok(())
 }
 
 /// One item of a muc#admin set request.
