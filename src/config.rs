@@ -21,6 +21,7 @@ pub struct Config {
     pub activity: ActivityConfig,
     pub admin: AdminConfig,
     pub muc: MucConfig,
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +184,73 @@ impl Default for MucConfig {
     }
 }
 
+/// Whether chats are kept after delivery (XEP-0313 message archives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveMode {
+    /// Messages users send and receive are kept in their archives (until `expire_after`).
+    Permanent,
+    /// Nothing is archived: a message lives in the offline store until it is delivered.
+    Temporary,
+}
+
+/// Message archives (XEP-0313) and their retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// What users who did not choose get (each user may choose otherwise with XEP-0441
+    /// preferences), and whether new rooms keep an archive unless their owner says.
+    pub default: ArchiveMode,
+    /// How long archived messages are kept: "never" (they stay until deleted), or a number with a
+    /// unit: "90d", "12h", "30m", "45s", "2w".
+    pub expire_after: String,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            default: ArchiveMode::Permanent,
+            expire_after: "never".into(),
+        }
+    }
+}
+
+impl ArchiveConfig {
+    /// `expire_after` as a duration; none when archived messages never expire.
+    pub fn expiry(&self) -> Option<std::time::Duration> {
+        parse_age(&self.expire_after).ok().flatten()
+    }
+}
+
+/// "never", or a positive number followed by s, m, h, d or w.
+fn parse_age(text: &str) -> Result<Option<std::time::Duration>, String> {
+    let text = text.trim();
+    if text == "never" {
+        return Ok(None);
+    }
+    let problem = || {
+        format!("'{text}' is not \"never\" or an age such as \"90d\", \"12h\", \"30m\", \"45s\" or \"2w\"")
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(problem)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| problem())?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(problem()),
+    };
+    match number.checked_mul(unit) {
+        Some(0) => Err(format!("'{text}' would delete messages as soon as they are archived: use default = \"temporary\" instead")),
+        Some(seconds) => Ok(Some(std::time::Duration::from_secs(seconds))),
+        None => Err(problem()),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -278,6 +346,7 @@ impl Config {
         if self.muc.max_occupants == 0 {
             return Err(("[muc] max_occupants", "must be at least 1".into()));
         }
+        parse_age(&self.archive.expire_after).map_err(|m| ("[archive] expire_after", m))?;
         parse_listen(&self.c2s.listen).map_err(|m| ("[c2s] listen", m))?;
         parse_listen(&self.c2s.direct_tls_listen).map_err(|m| ("[c2s] direct_tls_listen", m))?;
         if self.c2s.listen.is_empty() && self.c2s.direct_tls_listen.is_empty() {
@@ -442,6 +511,37 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("bogus"), "{text}");
         assert!(text.contains("[c2s]"), "{text}");
+    }
+
+    #[test]
+    fn archive_ages() {
+        assert_eq!(parse_age("never"), Ok(None));
+        assert_eq!(
+            parse_age("90d"),
+            Ok(Some(std::time::Duration::from_secs(90 * 86_400)))
+        );
+        assert_eq!(
+            parse_age("45s"),
+            Ok(Some(std::time::Duration::from_secs(45)))
+        );
+        for bad in [
+            "",
+            "d",
+            "10",
+            "10y",
+            "-1d",
+            "0s",
+            "1.5h",
+            "99999999999999999999w",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+        let e =
+            Config::parse("[archive]\nexpire_after = \"soon\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("[archive] expire_after"), "{e}");
+        let e =
+            Config::parse("[archive]\ndefault = \"forever\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("default"), "{e}");
     }
 
     #[test]

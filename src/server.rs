@@ -39,6 +39,8 @@ pub struct ServerState {
     pub muc: crate::modules::muc::Service,
     /// Users' blocklists (XEP-0191), kept in memory once read.
     pub blocklists: crate::modules::blocking::Blocklists,
+    /// Users' message archives (XEP-0313): key clocks and preferences, in memory once read.
+    pub mam: crate::modules::mam::Archives,
     pub started: Instant,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -51,6 +53,7 @@ impl ServerState {
     pub fn account_removed(&self, jid: &jid::BareJid) {
         self.activity.forget(jid);
         self.blocklists.forget(jid);
+        self.mam.forget(jid);
         self.router.close_account(
             jid,
             crate::router::Closing::Error(StreamError::with_text(
@@ -100,7 +103,11 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
     let stores = Stores::open_sled(&config.server.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let accounts = Accounts::new(stores.clone(), domain.clone(), config.auth.clone());
 
-    let muc = crate::modules::muc::Service::new(config.muc_domain(), config.muc.max_occupants);
+    let muc = crate::modules::muc::Service::new(
+        config.muc_domain(),
+        config.muc.max_occupants,
+        config.archive.default == crate::config::ArchiveMode::Permanent,
+    );
     let rooms = muc
         .load(&stores)
         .map_err(|e| anyhow::anyhow!("cannot load the group chat rooms: {e}"))?;
@@ -120,6 +127,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         offline_claims: Default::default(),
         muc,
         blocklists: Default::default(),
+        mam: Default::default(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),
@@ -155,6 +163,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
     tasks.push(tokio::spawn(crate::admin::serve(state.clone())?));
     tokio::spawn(crate::modules::activity::writer(state.clone()));
     tokio::spawn(crate::modules::offline::checkpoint(state.clone()));
+    tokio::spawn(crate::modules::mam::expire(state.clone()));
     tokio::spawn(close_sessions_at_shutdown(state.clone()));
     tracing::info!(domain = %domain, data = %state.config.server.data_dir.display(), "Rookery {} ready", env!("CARGO_PKG_VERSION"));
     Ok(Running {

@@ -5,134 +5,14 @@
 
 mod common;
 
+use common::mam::*;
 use common::muc::*;
 use common::stanzas::*;
 use common::*;
-use minidom::Element;
 
-const MAM: &str = "urn:xmpp:mam:2";
-const RSM: &str = "http://jabber.org/protocol/rsm";
-const FORWARD: &str = "urn:xmpp:forward:0";
-const DELAY: &str = "urn:xmpp:delay";
-const STANZA_ID: &str = "urn:xmpp:sid:0";
-
-/// The answer to one archive query: the result messages in arrival order, and the iq that ended it.
-struct Page {
-    results: Vec<Element>,
-    end: Element,
-}
-
-impl Page {
-    fn error(&self) -> Option<String> {
-        error_condition(&self.end)
-    }
-
-    fn forwarded(result: &Element) -> &Element {
-        result
-            .get_child("result", MAM)
-            .and_then(|r| r.get_child("forwarded", FORWARD))
-            .unwrap_or_else(|| panic!("no forwarded result in {}", xml(result)))
-    }
-
-    /// The archived messages, in the order they came.
-    fn messages(&self) -> Vec<&Element> {
-        self.results
-            .iter()
-            .map(|r| {
-                Page::forwarded(r)
-                    .get_child("message", "jabber:client")
-                    .unwrap_or_else(|| panic!("no message in {}", xml(r)))
-            })
-            .collect()
-    }
-
-    fn bodies(&self) -> Vec<String> {
-        self.messages()
-            .iter()
-            .map(|m| body_of(m).unwrap_or_default())
-            .collect()
-    }
-
-    /// The archive ids of the results.
-    fn ids(&self) -> Vec<String> {
-        self.results
-            .iter()
-            .map(|r| {
-                r.get_child("result", MAM)
-                    .and_then(|r| r.attr("id"))
-                    .unwrap_or_else(|| panic!("no result id in {}", xml(r)))
-                    .to_string()
-            })
-            .collect()
-    }
-
-    fn fin(&self) -> &Element {
-        self.end
-            .get_child("fin", MAM)
-            .unwrap_or_else(|| panic!("no fin in {}", xml(&self.end)))
-    }
-
-    fn complete(&self) -> bool {
-        self.fin().attr("complete") == Some("true")
-    }
-
-    /// The `<set/>`'s first and last ids.
-    fn first_last(&self) -> (Option<String>, Option<String>) {
-        let set = self
-            .fin()
-            .get_child("set", RSM)
-            .unwrap_or_else(|| panic!("no set in {}", xml(&self.end)));
-        (
-            set.get_child("first", RSM).map(|f| f.text()),
-            set.get_child("last", RSM).map(|l| l.text()),
-        )
-    }
-}
-
-/// A form field with these values.
-fn field(var: &str, values: &[&str]) -> String {
-    let values: String = values
-        .iter()
-        .map(|v| format!("<value>{v}</value>"))
-        .collect();
-    format!("<field var='{var}'>{values}</field>")
-}
-
-/// Queries `archive` with these form fields and RSM `<set/>` content (`extra` goes in the query
-/// after them, e.g. `<flip-page/>`); waits for the iq and takes the results that came before it.
+/// Queries a room's archive (results come from the room).
 async fn query(c: &mut Client, archive: &str, fields: &[String], set: &str, extra: &str) -> Page {
-    let queryid = c.next_id("q");
-    let form = if fields.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "<x xmlns='jabber:x:data' type='submit'>{}{}</x>",
-            field("FORM_TYPE", &[MAM]),
-            fields.concat()
-        )
-    };
-    let set = if set.is_empty() {
-        String::new()
-    } else {
-        format!("<set xmlns='{RSM}'>{set}</set>")
-    };
-    let end = c
-        .iq(
-            "set",
-            Some(archive),
-            &format!("<query xmlns='{MAM}' queryid='{queryid}'>{form}{set}{extra}</query>"),
-        )
-        .await;
-    let results = c.take(|el| {
-        el.name() == "message"
-            && el
-                .get_child("result", MAM)
-                .is_some_and(|r| r.attr("queryid") == Some(queryid.as_str()))
-    });
-    for r in &results {
-        assert_eq!(r.attr("from"), Some(archive), "{}", xml(r));
-    }
-    Page { results, end }
+    query_at(c, Some(archive), Some(archive), fields, set, extra).await
 }
 
 /// Sends groupchat messages with these bodies and waits for each echo; returns the echoes'

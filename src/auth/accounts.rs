@@ -158,6 +158,7 @@ impl Accounts {
         self.stores.offline.delete_user(jid)?;
         self.stores.activity.delete_activity(jid)?;
         self.stores.values.delete_values(jid)?;
+        self.stores.archive.delete_archive(jid)?;
         self.stores.flush().await?;
         Ok(())
     }

@@ -19,6 +19,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "last-activity",
     disco_features: &[ns::LAST],
+    account_features: &[],
     stream_features: &[],
     specs: &[
         Spec::xep(

@@ -1,7 +1,7 @@
 //! XEP-0313 message archives, whoever keeps them: public ids, queries (the search form, XEP-0059
 //! paging both ways, flipped pages, single items by id), result stanzas and archive metadata, over
-//! an `ArchiveStore`. Room archives use it (`muc`); the owner of an archive decides who may query
-//! it and what each stanza looks like to the one asking.
+//! an `ArchiveStore`. User archives (`mam`) and room archives (`muc`) use it; the owner of an
+//! archive decides who may query it and what each stanza looks like to the one asking.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -28,13 +28,14 @@ pub const MODULE: Module = Module {
     name: "archive",
     // Advertised by each archiving JID (a room), not by the server.
     disco_features: &[],
+    account_features: &[],
     stream_features: &[],
     specs: &[
         Spec::xep(
             313,
             "1.1.3",
             Support::Partial,
-            "room archives (mam:2 and #extended: with, start, end, before-id, after-id, ids, flipped pages, metadata); no user archives yet",
+            "user archives (one-to-one messages sent and received) and room archives; mam:2 and #extended: with, start, end, before-id, after-id, ids, flipped pages, metadata; retention by age; no groupchat in user archives",
         ),
         Spec::xep(
             59,
@@ -303,11 +304,13 @@ pub struct Page {
 }
 
 /// Runs `query` on `archive`; `keep` says which stanzas match the query's `with` (and anything
-/// else the owner filters).
+/// else the owner filters). With `conversation`, only stanzas whose `with` has that bare JID are
+/// read (through the store's index).
 pub fn run(
     store: &dyn ArchiveStore,
     archive: &BareJid,
     query: &Query,
+    conversation: Option<&BareJid>,
     keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
 ) -> Result<Page, StoreError> {
     // One more than asked: whether it exists says whether the page is complete.
@@ -329,7 +332,12 @@ pub fn run(
             found.truncate(wanted);
             found
         }
-        None => store.scan(archive, query.from, query.to, backwards, wanted, keep)?,
+        None => match conversation {
+            Some(with) => {
+                store.scan_with(archive, with, query.from, query.to, backwards, wanted, keep)?
+            }
+            None => store.scan(archive, query.from, query.to, backwards, wanted, keep)?,
+        },
     };
     let complete = items.len() <= query.max;
     items.truncate(query.max);

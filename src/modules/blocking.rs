@@ -20,6 +20,7 @@ use crate::xml::{self, ns};
 pub const MODULE: Module = Module {
     name: "blocking",
     disco_features: &[ns::BLOCKING],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         191,

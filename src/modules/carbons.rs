@@ -16,6 +16,7 @@ use crate::xml::{self, ns};
 pub const MODULE: Module = Module {
     name: "carbons",
     disco_features: &[ns::CARBONS],
+    account_features: &[],
     stream_features: &[],
     specs: &[
         Spec::xep(
@@ -125,11 +126,20 @@ pub async fn received(
     }
 }
 
-/// A message the session's client sent: copies for the account's other enabled sessions.
-pub async fn sent(ctx: &SessionCtx, message: &Element) {
+/// A message the session's client sent: copies for the account's other enabled sessions, with
+/// the id the account's archive gave it (XEP-0313 §3.1), if it was archived.
+pub async fn sent(ctx: &SessionCtx, message: &Element, archive_id: Option<&str>) {
     let user = ctx.jid.to_bare();
     let sessions = enabled(&ctx.state, &user, &[ctx.handle.id]);
-    if !sessions.is_empty() && eligible(message) {
-        Box::pin(copy_to("sent", &user, message, sessions)).await;
+    if sessions.is_empty() || !eligible(message) {
+        return;
+    }
+    match archive_id {
+        Some(id) => {
+            let mut stamped = message.clone();
+            super::stanza_id::stamp_with(&mut stamped, &user, id);
+            Box::pin(copy_to("sent", &user, &stamped, sessions)).await
+        }
+        None => Box::pin(copy_to("sent", &user, message, sessions)).await,
     }
 }

@@ -13,6 +13,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "disco",
     disco_features: &[ns::DISCO_INFO, ns::DISCO_ITEMS],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         30,
@@ -41,7 +42,7 @@ pub fn info(set: bool, payload: &Element, target: Target) -> IqResult {
                 lang: None,
                 name: None,
             },
-            vec![ns::DISCO_INFO, ns::DISCO_ITEMS],
+            super::account_features(),
         ),
     };
     let result = DiscoInfoResult {

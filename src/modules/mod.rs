@@ -7,6 +7,7 @@ pub mod archive;
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
+pub mod mam;
 pub mod muc;
 pub mod offline;
 pub mod ping;
@@ -30,6 +31,8 @@ pub struct Module {
     pub name: &'static str,
     /// `<feature var=.../>` entries for the server's disco#info.
     pub disco_features: &'static [&'static str],
+    /// Features of each account's bare JID (what the server does on behalf of a user there).
+    pub account_features: &'static [&'static str],
     /// Stream features offered once the client has authenticated (serialized elements).
     pub stream_features: &'static [&'static str],
     /// Specifications implemented, for `xeps/` and DOAP.
@@ -97,6 +100,7 @@ impl Spec {
 pub const AUTH: Module = Module {
     name: "auth",
     disco_features: &[],
+    account_features: &[],
     stream_features: &[],
     specs: &[
         Spec::rfc(
@@ -121,6 +125,7 @@ pub const AUTH: Module = Module {
 pub const ROUTING: Module = Module {
     name: "routing",
     disco_features: &[],
+    account_features: &[],
     stream_features: &[],
     specs: &[
         Spec::rfc(6121, Support::Partial, "roster, subscriptions, presence and RFC 6121 §8.5 delivery between local users; no federation"),
@@ -150,6 +155,7 @@ pub const MODULES: &[&Module] = &[
     &crate::session::csi::MODULE,
     &muc::MODULE,
     &archive::MODULE,
+    &mam::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.
@@ -157,6 +163,21 @@ pub fn disco_features() -> Vec<&'static str> {
     let mut features: Vec<&'static str> = MODULES
         .iter()
         .flat_map(|m| m.disco_features.iter().copied())
+        .collect();
+    features.sort_unstable();
+    features.dedup();
+    features
+}
+
+/// The features an account's bare JID answers with, sorted and without repeats.
+pub fn account_features() -> Vec<&'static str> {
+    let mut features: Vec<&'static str> = [ns::DISCO_INFO, ns::DISCO_ITEMS]
+        .into_iter()
+        .chain(
+            MODULES
+                .iter()
+                .flat_map(|m| m.account_features.iter().copied()),
+        )
         .collect();
     features.sort_unstable();
     features.dedup();
@@ -247,6 +268,11 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
         (ns::PRIVATE, _) => private::handle(ctx, set, payload).await,
         (ns::CARBONS, _) => carbons::handle(ctx, set, payload),
         (ns::BLOCKING, _) => blocking::handle(ctx, set, payload).await,
+        // XEP-0313: the user's archive is on their bare JID; no `to` means it too.
+        (archive::NS_MAM, Target::Account) => mam::handle(ctx, set, payload).await,
+        (archive::NS_MAM, Target::Server) if iq.attr("to").is_none() => {
+            mam::handle(ctx, set, payload).await
+        }
         (ns::SESSION, Target::Server) if set => Ok(None),
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     };
@@ -287,8 +313,10 @@ pub async fn contact_iq(ctx: &SessionCtx, iq: Element, contact: &jid::BareJid) {
     let outcome: IqResult = match payload.ns().as_str() {
         ns::LAST => activity::handle(ctx, set, Target::Account, Some(contact)),
         ns::VCARD => vcard::handle(&ctx.state, &ctx.jid.to_bare(), contact, set, payload).await,
-        // Only the owner may touch these (XEP-0049 §3, RFC 6121 §2.1.5).
-        ns::PRIVATE | ns::ROSTER | ns::BLOCKING => Err(StanzaErrorCondition::Forbidden.into()),
+        // Only the owner may touch these (XEP-0049 §3, RFC 6121 §2.1.5, XEP-0313 §8.1).
+        ns::PRIVATE | ns::ROSTER | ns::BLOCKING | archive::NS_MAM => {
+            Err(StanzaErrorCondition::Forbidden.into())
+        }
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
     };
     match outcome {

@@ -17,6 +17,7 @@ use crate::xml::{self, ns};
 pub const MODULE: Module = Module {
     name: "offline",
     disco_features: &["msgoffline"],
+    account_features: &[],
     stream_features: &[],
     specs: &[
         Spec::xep(

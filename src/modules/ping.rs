@@ -9,6 +9,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "ping",
     disco_features: &[ns::PING],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         199,

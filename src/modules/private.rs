@@ -11,6 +11,7 @@ use crate::xml::{self, ns};
 pub const MODULE: Module = Module {
     name: "private",
     disco_features: &[ns::PRIVATE],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         49,

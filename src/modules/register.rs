@@ -13,6 +13,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "register",
     disco_features: &[ns::REGISTER],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         77,

@@ -16,6 +16,7 @@ use crate::xml::{self, ns};
 pub const MODULE: Module = Module {
     name: "roster",
     disco_features: &[],
+    account_features: &[],
     // RFC 6121 §2.6.1 roster versioning, §3.4 subscription pre-approval.
     stream_features: &[
         "<ver xmlns='urn:xmpp:features:rosterver'/>",

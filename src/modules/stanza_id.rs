@@ -12,6 +12,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "stanza-id",
     disco_features: &[ns::STANZA_ID],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         359,

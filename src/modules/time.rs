@@ -10,6 +10,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "time",
     disco_features: &[ns::TIME],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         202,

@@ -10,6 +10,7 @@ use crate::xml::{self, ns};
 pub const MODULE: Module = Module {
     name: "vcard",
     disco_features: &[ns::VCARD],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         54,

@@ -9,6 +9,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "version",
     disco_features: &[ns::VERSION],
+    account_features: &[],
     stream_features: &[],
     specs: &[Spec::xep(
         92,

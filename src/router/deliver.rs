@@ -7,7 +7,7 @@ use jid::{BareJid, Jid};
 use minidom::Element;
 
 use crate::error::{StanzaError, StanzaErrorCondition};
-use crate::modules::{blocking, offline, stanza_id};
+use crate::modules::{blocking, mam, offline, stanza_id};
 use crate::router::{Outbound, SessionHandle};
 use crate::session::SessionCtx;
 use crate::xml;
@@ -26,7 +26,7 @@ async fn to_muc(ctx: &SessionCtx, el: Element, to: &Jid) {
 }
 
 /// Routes a stanza whose `from` was stamped and whose `to` was parsed.
-pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
+pub async fn route(ctx: &SessionCtx, mut el: Element, to: Option<Jid>) {
     if let Some(to) = &to {
         let sender = ctx.jid.to_bare();
         // The resources of one account are never blocked from each other (XEP-0191 §5).
@@ -61,8 +61,10 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
         return Box::pin(crate::modules::presence::outbound(ctx, el, to)).await;
     }
     if el.name() == "message" {
-        // XEP-0280: the account's other resources see what this one sent.
-        crate::modules::carbons::sent(ctx, &el).await;
+        // XEP-0313: the sender's archive keeps what it sent; XEP-0280: the account's other
+        // resources see it, with that archive's id.
+        let archived = crate::modules::mam::record_sent(ctx, &mut el, to.as_ref());
+        crate::modules::carbons::sent(ctx, &el, archived.as_deref()).await;
     }
     let Some(to) = to else {
         // RFC 6120 §10.3: no 'to' means the server handles it on behalf of the sender's account; a
@@ -212,7 +214,12 @@ async fn ready_or_stored(
     if !sessions.is_empty() {
         return Ok(highest(sessions));
     }
-    stanza_id::stamp(el, bare);
+    // Archived with the stanza-id it is stored with (offline storage is flushed below).
+    let from = el.attr("from").and_then(|f| Jid::new(f).ok());
+    let archived = from.is_some_and(|from| mam::record(state, bare, &from, el, true).is_some());
+    if !archived {
+        stanza_id::stamp(el, bare);
+    }
     if offline::store(state, bare, el).await? {
         Ok(Vec::new())
     } else {
@@ -243,13 +250,26 @@ async fn deliver(ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[
         return;
     }
     let message = el.name() == "message";
+    let mut serialized = None;
     if message && el.attr("type") != Some("error") {
-        stanza_id::stamp(&mut el, bare);
+        // Into the recipient's archive, with the id it is archived under (serialized once, for
+        // the archive and every recipient); or stamped with an id of its own.
+        let from = Jid::from(ctx.jid.clone());
+        match mam::record(&ctx.state, bare, &from, &mut el, true) {
+            Some(recorded) => {
+                ctx.unflushed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                serialized = Some(recorded.bytes);
+            }
+            None => {
+                stanza_id::stamp(&mut el, bare);
+            }
+        }
     } else if message {
         // No id of ours on an error, and no forged one either.
         stanza_id::strip(&mut el, bare);
     }
-    let bytes = Bytes::from(xml::serialize(&el));
+    let bytes = Bytes::from(serialized.unwrap_or_else(|| xml::serialize(&el)));
     if bytes.is_empty() {
         return;
     }

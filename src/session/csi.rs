@@ -11,6 +11,7 @@ pub const NS: &str = "urn:xmpp:csi:0";
 pub const MODULE: Module = Module {
     name: "csi",
     disco_features: &[],
+    account_features: &[],
     stream_features: &["<csi xmlns='urn:xmpp:csi:0'/>"],
     specs: &[Spec::xep(
         352,

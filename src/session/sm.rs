@@ -16,6 +16,7 @@ pub const NS: &str = "urn:xmpp:sm:3";
 pub const MODULE: Module = Module {
     name: "stream-management",
     disco_features: &[],
+    account_features: &[],
     stream_features: &["<sm xmlns='urn:xmpp:sm:3'/>"],
     specs: &[Spec::xep(
         198,

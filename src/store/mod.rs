@@ -219,7 +219,37 @@ pub trait ArchiveStore: Send + Sync {
         limit: usize,
         keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
     ) -> Result<Vec<ArchivedStanza>, StoreError>;
+    /// Like `scan`, over the stanzas whose `with` has the bare JID `with` only (read through an
+    /// index, so that one conversation of a large archive is as fast to page as the whole).
+    #[allow(clippy::too_many_arguments)]
+    fn scan_with(
+        &self,
+        archive: &BareJid,
+        with: &BareJid,
+        from: u64,
+        to: u64,
+        newest_first: bool,
+        limit: usize,
+        keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
+    ) -> Result<Vec<ArchivedStanza>, StoreError>;
+    /// Replaces the stanza of an archived entry, keeping its key, nonce and `with` (a XEP-0424
+    /// tombstone); false when there is no such entry.
+    fn replace(&self, archive: &BareJid, key: u64, stanza: &[u8]) -> Result<bool, StoreError>;
     fn delete_archive(&self, archive: &BareJid) -> Result<(), StoreError>;
+    /// The archives after `after` (from the first when none), in order, at most `limit` of them.
+    fn archives_after(
+        &self,
+        after: Option<&BareJid>,
+        limit: usize,
+    ) -> Result<Vec<BareJid>, StoreError>;
+    /// Deletes up to `limit` of the oldest entries of `archive` with keys before `before`;
+    /// returns how many went.
+    fn delete_before(
+        &self,
+        archive: &BareJid,
+        before: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
 }
 
 /// Making accepted writes durable. Blocking: call through `Stores::flush`.

@@ -13,6 +13,9 @@
 //! - `archive`: `<archive>\0` + key (u64 big-endian, microseconds, see `ArchivedStanza`) → `[1]` +
 //!   nonce (u64 big-endian) + length of `with` (u16 big-endian) + `with` + the stanza. One archive's
 //!   entries are one contiguous, time-ordered key range.
+//! - `archive_with`: `<archive>\0<bare JID of with>\0` + key → empty: the conversations index of
+//!   `archive`. Written before the entry it points to and removed after it, so it never lacks an
+//!   entry; an index key whose entry is gone (a crash in between) is skipped when read.
 
 use std::path::Path;
 
@@ -36,6 +39,7 @@ pub struct SledBackend {
     values: sled::Tree,
     rooms: sled::Tree,
     archive: sled::Tree,
+    archive_with: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -91,6 +95,7 @@ impl SledBackend {
         let values = db.open_tree("values").map_err(backend)?;
         let rooms = db.open_tree("rooms").map_err(backend)?;
         let archive = db.open_tree("archive").map_err(backend)?;
+        let archive_with = db.open_tree("archive_with").map_err(backend)?;
         Ok(SledBackend {
             db,
             accounts,
@@ -100,6 +105,7 @@ impl SledBackend {
             values,
             rooms,
             archive,
+            archive_with,
         })
     }
 }
@@ -537,8 +543,56 @@ fn decode_archived(
     })
 }
 
+/// The bare part of a `with` (a JID as text: the bare JID ends at the first '/').
+fn bare_part(with: &str) -> &str {
+    with.split_once('/').map_or(with, |(bare, _)| bare)
+}
+
+/// `<archive>\0<with>\0`: the prefix of one conversation in `archive_with`.
+fn conversation_prefix(archive: &BareJid, with: &str) -> Vec<u8> {
+    let mut k = user_prefix(archive);
+    k.extend_from_slice(with.as_bytes());
+    k.push(0);
+    k
+}
+
+fn key_of(k: &[u8]) -> Option<u64> {
+    let at = k.len().checked_sub(8)?;
+    <[u8; 8]>::try_from(&k[at..]).ok().map(u64::from_be_bytes)
+}
+
+impl SledBackend {
+    /// Reads range entries of `archive` into `out` until `limit` are kept.
+    fn collect(
+        archive: &BareJid,
+        entries: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        limit: usize,
+        keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
+        out: &mut Vec<ArchivedStanza>,
+    ) -> Result<(), StoreError> {
+        for entry in entries {
+            let (k, v) = entry.map_err(backend)?;
+            match decode_archived(archive, &k, &v) {
+                Ok(item) if keep(&item) => out.push(item),
+                Ok(_) => {}
+                // One unreadable entry does not make the rest of the archive unreadable.
+                Err(err) => tracing::error!(error = %err, "skipping an archived stanza"),
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ArchiveStore for SledBackend {
     fn append(&self, archive: &BareJid, item: &ArchivedStanza) -> Result<(), StoreError> {
+        let mut index = conversation_prefix(archive, bare_part(&item.with));
+        index.extend_from_slice(&item.key.to_be_bytes());
+        self.archive_with
+            .insert(index, &[] as &[u8])
+            .map_err(backend)?;
         self.archive
             .insert(archive_key(archive, item.key), encode_archived(item))
             .map_err(backend)?;
@@ -570,34 +624,152 @@ impl ArchiveStore for SledBackend {
         let range = self
             .archive
             .range(archive_key(archive, from)..=archive_key(archive, to));
-        let mut take = |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Result<bool, StoreError> {
-            let (k, v) = entry.map_err(backend)?;
-            match decode_archived(archive, &k, &v) {
-                Ok(item) if keep(&item) => out.push(item),
-                Ok(_) => {}
-                // One unreadable entry does not make the rest of the archive unreadable.
-                Err(err) => tracing::error!(error = %err, "skipping an archived stanza"),
+        if newest_first {
+            Self::collect(archive, range.rev(), limit, keep, &mut out)?;
+        } else {
+            Self::collect(archive, range, limit, keep, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn scan_with(
+        &self,
+        archive: &BareJid,
+        with: &BareJid,
+        from: u64,
+        to: u64,
+        newest_first: bool,
+        limit: usize,
+        keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
+    ) -> Result<Vec<ArchivedStanza>, StoreError> {
+        let mut out = Vec::new();
+        if from > to || limit == 0 {
+            return Ok(out);
+        }
+        let prefix = conversation_prefix(archive, with.as_str());
+        let bound = |key: u64| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&key.to_be_bytes());
+            k
+        };
+        let range = self.archive_with.range(bound(from)..=bound(to));
+        // Each index key names an entry; one read per entry, as many as the page needs.
+        let entries = |k: sled::Result<(sled::IVec, sled::IVec)>| {
+            let k = match k {
+                Ok((k, _)) => k,
+                Err(err) => return Some(Err(err)),
+            };
+            let key = key_of(&k)?;
+            let data = archive_key(archive, key);
+            match self.archive.get(&data) {
+                Ok(Some(v)) => Some(Ok((sled::IVec::from(data), v))),
+                Ok(None) => None,
+                Err(err) => Some(Err(err)),
             }
-            Ok(out.len() < limit)
         };
         if newest_first {
-            for entry in range.rev() {
-                if !take(entry)? {
-                    break;
-                }
-            }
+            Self::collect(
+                archive,
+                range.rev().filter_map(entries),
+                limit,
+                keep,
+                &mut out,
+            )?;
         } else {
-            for entry in range {
-                if !take(entry)? {
-                    break;
+            Self::collect(archive, range.filter_map(entries), limit, keep, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn replace(&self, archive: &BareJid, key: u64, stanza: &[u8]) -> Result<bool, StoreError> {
+        let k = archive_key(archive, key);
+        let Some(old) = self.archive.get(&k).map_err(backend)? else {
+            return Ok(false);
+        };
+        let mut item = decode_archived(archive, &k, &old)?;
+        item.stanza = stanza.to_vec();
+        self.archive
+            .insert(k, encode_archived(&item))
+            .map_err(backend)?;
+        Ok(true)
+    }
+
+    fn delete_archive(&self, archive: &BareJid) -> Result<(), StoreError> {
+        Self::delete_prefix(&self.archive, &user_prefix(archive))?;
+        Self::delete_prefix(&self.archive_with, &user_prefix(archive))
+    }
+
+    fn archives_after(
+        &self,
+        after: Option<&BareJid>,
+        limit: usize,
+    ) -> Result<Vec<BareJid>, StoreError> {
+        let mut out = Vec::new();
+        // Past every key of `after`: its prefix followed by the highest possible key.
+        let mut next = match after {
+            Some(after) => archive_key(after, u64::MAX),
+            None => Vec::new(),
+        };
+        while out.len() < limit {
+            let found = self
+                .archive
+                .range((
+                    std::ops::Bound::Excluded(next.clone()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .transpose()
+                .map_err(backend)?;
+            let Some((k, _)) = found else { break };
+            let Some(end) = k.iter().position(|&b| b == 0) else {
+                break;
+            };
+            let name = String::from_utf8_lossy(&k[..end]).into_owned();
+            match BareJid::new(&name) {
+                Ok(archive) => {
+                    next = archive_key(&archive, u64::MAX);
+                    out.push(archive);
+                }
+                Err(_) => {
+                    // Not an archive of ours: step over its keys all the same.
+                    next = k[..=end].to_vec();
+                    next.extend_from_slice(&u64::MAX.to_be_bytes());
                 }
             }
         }
         Ok(out)
     }
 
-    fn delete_archive(&self, archive: &BareJid) -> Result<(), StoreError> {
-        Self::delete_prefix(&self.archive, &user_prefix(archive))
+    fn delete_before(
+        &self,
+        archive: &BareJid,
+        before: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        if before == 0 {
+            return Ok(0);
+        }
+        let mut data = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        let mut deleted = 0;
+        for entry in self
+            .archive
+            .range(archive_key(archive, 0)..archive_key(archive, before))
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(backend)?;
+            if let Ok(item) = decode_archived(archive, &k, &v) {
+                let mut ik = conversation_prefix(archive, bare_part(&item.with));
+                ik.extend_from_slice(&item.key.to_be_bytes());
+                index.remove(ik);
+            }
+            data.remove(k);
+            deleted += 1;
+        }
+        // Entries first, then their index keys: an entry that is still there never lacks its key.
+        self.archive.apply_batch(data).map_err(backend)?;
+        self.archive_with.apply_batch(index).map_err(backend)?;
+        Ok(deleted)
     }
 }
 

@@ -10,6 +10,7 @@ use crate::xml::ns;
 pub const MODULE: Module = Module {
     name: "stream",
     disco_features: &[],
+    account_features: &[],
     stream_features: &[],
     specs: &[
         Spec::rfc(

@@ -2,6 +2,7 @@
 //! directory, and gives tests raw XMPP connections (plain, STARTTLS, direct TLS) to talk to it.
 #![allow(dead_code)]
 
+pub mod mam;
 pub mod muc;
 pub mod stanzas;
 

@@ -45,6 +45,7 @@ pub const MODULE: Module = Module {
     name: "muc",
     // The features of the service itself are in its own disco#info (`service_info`).
     disco_features: &[],
+    account_features: &[],
     stream_features: &[],
     specs: &[
         Spec::xep(
@@ -73,14 +74,17 @@ pub struct Service {
     pub domain: String,
     rooms: Mutex<HashMap<BareJid, Arc<Mutex<Room>>>>,
     max_occupants: usize,
+    /// Whether new rooms keep an archive unless their owner says otherwise (`[archive] default`).
+    archiving: bool,
 }
 
 impl Service {
-    pub fn new(domain: String, max_occupants: usize) -> Service {
+    pub fn new(domain: String, max_occupants: usize, archiving: bool) -> Service {
         Service {
             domain,
             rooms: Mutex::default(),
             max_occupants,
+            archiving,
         }
     }
 
@@ -430,7 +434,7 @@ fn presence(
                 let room = Arc::new(Mutex::new(Room::create(
                     room_jid.clone(),
                     from.to_bare(),
-                    RoomConfig::new(service.max_occupants),
+                    RoomConfig::new(service.max_occupants, service.archiving),
                 )));
                 rooms.insert(room_jid.clone(), room.clone());
                 (room, true)
@@ -570,7 +574,7 @@ fn archive_iq(
         "query" => {
             let query = archive::Query::parse(store, room_jid, payload)?;
             let mut keep = archive_filter(room_jid, query.with.as_ref(), shows_real_jids)?;
-            let page = archive::run(store, room_jid, &query, &mut keep)?;
+            let page = archive::run(store, room_jid, &query, None, &mut keep)?;
             let mut out: Vec<Delivery> = Vec::with_capacity(page.items.len() + 1);
             let mut push = |item: &ArchivedStanza| {
                 let stanza = if shows_real_jids {

@@ -138,7 +138,7 @@ pub struct StoredRoom {
 }
 
 impl RoomConfig {
-    pub fn new(max_occupants: usize) -> Self {
+    pub fn new(max_occupants: usize, archiving: bool) -> Self {
         RoomConfig {
             name: String::new(),
             description: String::new(),
@@ -152,7 +152,7 @@ impl RoomConfig {
             max_occupants,
             history_length: default_history_length(),
             allow_member_invites: false,
-            archiving: default_archiving(),
+            archiving,
         }
     }
 }
