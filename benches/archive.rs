@@ -128,7 +128,7 @@ async fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let mut server = TestServer::start_with(Options {
-        log_level: "warn".into(),
+        log_level: "warn,rookery::server=info".into(),
         ..Default::default()
     });
     server.add_user("owner", PASSWORD);

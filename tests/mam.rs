@@ -793,3 +793,66 @@ async fn deleting_an_account_deletes_its_archive_and_preferences() {
     // Alice's side of the conversation is hers, and stays.
     assert_eq!(everything(&mut alice).await.bodies(), ["before"]);
 }
+
+#[tokio::test]
+async fn refused_messages_are_archived_on_neither_side() {
+    let server = TestServer::start_with(Options {
+        extra: "[offline]\nmax_messages = 1\n".into(),
+        ..Options::default()
+    });
+    for user in ["alice", "bob", "carol"] {
+        server.add_user(user, PASSWORD);
+    }
+    let mut alice = online(&server, "alice", "phone").await;
+    let mut laptop = online(&server, "alice", "laptop").await;
+    let reply = laptop
+        .iq("set", None, &format!("<enable xmlns='{CARBONS}'/>"))
+        .await;
+    assert_result(&reply);
+    let mut carol = online(&server, "carol", "home").await;
+    let reply = carol
+        .iq(
+            "set",
+            None,
+            "<block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block>",
+        )
+        .await;
+    assert_result(&reply);
+
+    // Bob is offline and his queue takes one message; Carol blocks Alice; nobody does not exist.
+    alice.chat("bob@localhost", "first").await;
+    for (to, body) in [
+        ("bob@localhost", "second"),
+        ("carol@localhost", "blocked"),
+        ("nobody@localhost", "lost"),
+    ] {
+        alice
+            .send(&format!(
+                "<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>"
+            ))
+            .await;
+        let error = alice
+            .wait(&format!("the error for {body}"), |el| {
+                el.attr("type") == Some("error") && el.attr("id") == Some(body)
+            })
+            .await;
+        assert!(error_condition(&error).is_some(), "{}", xml(&error));
+    }
+    assert_eq!(everything(&mut alice).await.bodies(), ["first"]);
+    assert!(everything(&mut carol).await.results.is_empty());
+    // Alice's other device saw only what was accepted.
+    laptop.settle().await;
+    let carbons: Vec<Element> =
+        laptop.take(|el| el.has_child("sent", CARBONS) && el.name() == "message");
+    assert_eq!(
+        carbons.len(),
+        1,
+        "{:?}",
+        carbons.iter().map(xml).collect::<Vec<_>>()
+    );
+    assert!(xml(&carbons[0]).contains("first"));
+
+    let mut bob = coming_online(&server, "bob", "desk").await;
+    bob.wait_body("first").await;
+    assert_eq!(everything(&mut bob).await.bodies(), ["first"]);
+}

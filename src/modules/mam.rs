@@ -93,25 +93,25 @@ impl Archives {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the user's state, read from the store the first time.
+    /// Runs `f` on the user's state, read from the store the first time; none when there is no
+    /// such account (any more: a message racing the account's deletion is not archived).
     fn with_user<R>(
         &self,
         state: &ServerState,
         user: &BareJid,
         f: impl FnOnce(&mut Known) -> R,
-    ) -> Result<R, StoreError> {
+    ) -> Result<Option<R>, StoreError> {
         let mut shard = self.shard(user);
         if !shard.contains_key(user) {
-            let known = load(state, user)?;
+            let Some(known) = load(state, user)? else {
+                return Ok(None);
+            };
             if shard.len() >= PER_SHARD {
                 shard.clear();
             }
             shard.insert(user.clone(), known);
         }
-        match shard.get_mut(user) {
-            Some(known) => Ok(f(known)),
-            None => Err(StoreError::Backend("archive state vanished".into())),
-        }
+        Ok(shard.get_mut(user).map(f))
     }
 
     /// Forgets a user (the account was deleted).
@@ -120,15 +120,18 @@ impl Archives {
     }
 }
 
-fn load(state: &ServerState, user: &BareJid) -> Result<Known, StoreError> {
+fn load(state: &ServerState, user: &BareJid) -> Result<Option<Known>, StoreError> {
+    if !state.accounts.exists(user)? {
+        return Ok(None);
+    }
     let newest = state
         .stores
         .archive
         .scan(user, 0, u64::MAX, true, 1, &mut |_| true)?;
-    Ok(Known {
+    Ok(Some(Known {
         last_key: newest.first().map_or(0, |item| item.key),
         prefs: Arc::new(stored_prefs(state, user)?),
-    })
+    }))
 }
 
 /// The user's preferences, or the server's default when they never chose.
@@ -197,88 +200,120 @@ pub fn archivable(message: &Element) -> bool {
         && archive::worth_archiving(message)
 }
 
-/// A message recorded in an archive: its archive id, and the message as stored (serialized).
+/// A message recorded in an archive: where, its archive id, and the message as stored
+/// (serialized).
 pub struct Recorded {
+    key: u64,
     pub id: String,
     pub bytes: Vec<u8>,
 }
 
-/// Records `message`, exchanged with `with`, in `owner`'s archive when it belongs there and the
-/// preferences want it. With `stamp`, the message first gets the archive's `<stanza-id/>` (a
-/// received message: the recipient sees live the id its archive has). Not flushed: the caller
-/// makes the sender's acknowledgement wait for the group commit. A storage failure is logged and
-/// the message goes on unrecorded (delivery matters more than history).
+/// Appends what `serialize` makes (given the new entry's archive id) to `owner`'s archive as
+/// exchanged with `with`, when the owner's preferences want it. The key is taken and the entry
+/// written under the owner's lock, so that keys grow in the order entries are written. Not
+/// flushed: the caller makes the sender's acknowledgement wait for the group commit. A storage
+/// failure is logged and the message goes on unrecorded (delivery matters more than history).
+fn append(
+    state: &ServerState,
+    owner: &BareJid,
+    with: &Jid,
+    serialize: impl FnOnce(&str) -> Vec<u8>,
+) -> Option<Recorded> {
+    let store = state.stores.archive.as_ref();
+    let outcome = state
+        .mam
+        .with_user(state, owner, |known| known.prefs.clone())
+        .and_then(|prefs| {
+            // Decided outside the lock: `roster` reads the roster.
+            match prefs {
+                Some(prefs) if wanted(state, owner, &prefs, with) => {}
+                _ => return Ok(None),
+            }
+            state.mam.with_user(state, owner, |known| {
+                let key = archive::next_key(known.last_key);
+                let nonce = archive::new_nonce();
+                let id = archive::public_id(key, nonce);
+                let item = ArchivedStanza {
+                    key,
+                    nonce,
+                    with: with.to_string(),
+                    stanza: serialize(&id),
+                };
+                store.append(owner, &item)?;
+                known.last_key = key;
+                Ok(Recorded {
+                    key,
+                    id,
+                    bytes: item.stanza,
+                })
+            })
+        });
+    match outcome {
+        Ok(Some(Ok(recorded))) => Some(recorded),
+        Ok(Some(Err(err))) | Err(err) => {
+            tracing::error!(user = %owner, error = %err, "cannot archive a message");
+            None
+        }
+        Ok(None) => None,
+    }
+}
+
+/// Records a message `owner` received from `with` in the owner's archive when it belongs there,
+/// and gives it the archive's `<stanza-id/>` first: the recipient sees live the id its archive
+/// has (XEP-0313 §3.1).
 pub fn record(
     state: &ServerState,
     owner: &BareJid,
     with: &Jid,
     message: &mut Element,
-    stamp: bool,
 ) -> Option<Recorded> {
     if !archivable(message) {
         return None;
     }
-    let store = state.stores.archive.as_ref();
-    let outcome = state.mam.with_user(state, owner, |known| {
-        if !wanted(state, owner, &known.prefs, with) {
-            return Ok(None);
-        }
-        let key = archive::next_key(known.last_key);
-        let nonce = archive::new_nonce();
-        let id = archive::public_id(key, nonce);
-        if stamp {
-            super::stanza_id::stamp_with(message, owner, &id);
-        }
-        let item = ArchivedStanza {
-            key,
-            nonce,
-            with: with.to_string(),
-            stanza: xml::serialize(message),
-        };
-        store.append(owner, &item)?;
-        known.last_key = key;
-        Ok(Some((
-            key,
-            Recorded {
-                id,
-                bytes: item.stanza,
-            },
-        )))
-    });
-    let (key, recorded) = match outcome.and_then(|r| r) {
-        Ok(Some(recorded)) => recorded,
-        Ok(None) => return None,
-        Err(err) => {
-            tracing::error!(user = %owner, error = %err, "cannot archive a message");
-            return None;
-        }
-    };
+    let recorded = append(state, owner, with, |id| {
+        super::stanza_id::stamp_with(message, owner, id);
+        xml::serialize(message)
+    })?;
+    retracted(state, owner, with, message, recorded.key);
+    Some(recorded)
+}
+
+/// Takes back a message recorded for a recipient that could then not take it (its offline
+/// storage was full): the archive holds only what was accepted (XEP-0313 §6.1).
+pub fn unrecord(state: &ServerState, owner: &BareJid, recorded: &Recorded) {
+    if let Err(err) = state.stores.archive.remove(owner, recorded.key) {
+        tracing::error!(user = %owner, error = %err, "cannot take back an archived message");
+    }
+}
+
+/// A message a local user sent was accepted for another local user: recorded in the sender's
+/// archive as addressed (the receiving side is recorded where it is delivered). Returns the
+/// archive id, for the sender's other resources (XEP-0313 §3.1: inside the carbon copy only,
+/// never to the recipient).
+pub fn record_sent(ctx: &SessionCtx, message: &Element, recipient: &BareJid) -> Option<String> {
+    let sender = ctx.jid.to_bare();
+    // Messages to oneself are recorded once, as received.
+    if recipient == &sender || !archivable(message) {
+        return None;
+    }
+    let to = message
+        .attr("to")
+        .and_then(|to| Jid::new(to).ok())
+        .unwrap_or_else(|| Jid::from(recipient.clone()));
+    let recorded = append(&ctx.state, &sender, &to, |_| xml::serialize(message))?;
+    retracted(&ctx.state, &sender, &to, message, recorded.key);
+    ctx.unflushed
+        .store(true, std::sync::atomic::Ordering::Release);
+    Some(recorded.id)
+}
+
+/// When a just-recorded message is a retraction, applies it to the archive.
+fn retracted(state: &ServerState, owner: &BareJid, with: &Jid, message: &Element, key: u64) {
     if let Some(retract) = message.get_child("retract", NS_RETRACT) {
         if let Err(err) = retract_in(state, owner, with, message, retract, key) {
             tracing::error!(user = %owner, error = %err, "cannot apply a retraction to the archive");
         }
     }
-    Some(recorded)
-}
-
-/// A message a local user sent to another local user: recorded in the sender's archive (the
-/// receiving side is recorded where it is delivered). Returns the archive id, for the sender's
-/// other resources (XEP-0313 §3.1: inside the carbon copy only, never to the recipient).
-pub fn record_sent(ctx: &SessionCtx, message: &mut Element, to: Option<&Jid>) -> Option<String> {
-    let to = to?;
-    let sender = ctx.jid.to_bare();
-    if to.node().is_none() || to.domain().as_str() != ctx.state.domain || !archivable(message) {
-        return None;
-    }
-    let recipient = to.to_bare();
-    // Messages to oneself are recorded once, as received.
-    if recipient == sender || !matches!(ctx.state.accounts.exists(&recipient), Ok(true)) {
-        return None;
-    }
-    let recorded = record(&ctx.state, &sender, to, message, false)?;
-    ctx.unflushed
-        .store(true, std::sync::atomic::Ordering::Release);
-    Some(recorded.id)
 }
 
 /// XEP-0424 §5: the message a retraction names, if it is in `owner`'s archive (one of the newest
@@ -292,8 +327,10 @@ fn retract_in(
     retract: &Element,
     retraction_key: u64,
 ) -> Result<(), StoreError> {
-    let (Some(target), Some(author)) = (
+    // The tombstone names the retraction by its id (§5): without one there is nothing to name.
+    let (Some(target), Some(retraction_id), Some(author)) = (
         retract.attr("id"),
+        retraction.attr("id"),
         retraction
             .attr("from")
             .and_then(|f| Jid::new(f).ok())
@@ -329,7 +366,7 @@ fn retract_in(
     else {
         return Ok(());
     };
-    let stone = tombstone(&original, retraction.attr("id"));
+    let stone = tombstone(&original, retraction_id);
     state
         .stores
         .archive
@@ -339,7 +376,7 @@ fn retract_in(
 
 /// The retracted message as the archive keeps it (XEP-0424 §5): its addressing, ids and a
 /// `<retracted/>` naming the retraction; the content is gone.
-fn tombstone(original: &Element, retraction_id: Option<&str>) -> Element {
+fn tombstone(original: &Element, retraction_id: &str) -> Element {
     let mut stone = Element::bare("message", ns::CLIENT);
     for ((namespace, name), value) in original.attrs() {
         stone.set_attr(namespace.clone(), name.clone(), value.clone());
@@ -350,9 +387,7 @@ fn tombstone(original: &Element, retraction_id: Option<&str>) -> Element {
         }
     }
     let mut retracted = Element::bare("retracted", NS_RETRACT);
-    if let Some(id) = retraction_id {
-        set_attr(&mut retracted, "id", id);
-    }
+    set_attr(&mut retracted, "id", retraction_id);
     set_attr(
         &mut retracted,
         "stamp",
@@ -374,7 +409,8 @@ pub async fn handle(ctx: &SessionCtx, set: bool, payload: &Element) -> IqResult 
             let prefs = ctx
                 .state
                 .mam
-                .with_user(&ctx.state, &owner, |known| known.prefs.clone())?;
+                .with_user(&ctx.state, &owner, |known| known.prefs.clone())?
+                .ok_or(StanzaErrorCondition::ItemNotFound)?;
             Ok(Some(Element::from(Prefs::clone(&prefs))))
         }
         ("prefs", true) => set_prefs(ctx, &owner, payload).await,
@@ -432,15 +468,22 @@ async fn set_prefs(ctx: &SessionCtx, owner: &BareJid, payload: &Element) -> IqRe
         )
     })?;
     let el = Element::from(prefs.clone());
-    ctx.state
-        .stores
-        .values
-        .set_value(owner, PREFS_KEY, &xml::serialize(&el))?;
-    ctx.state.stores.flush().await?;
+    let serialized = xml::serialize(&el);
     let prefs = Arc::new(prefs);
+    // Stored and taken into use under the user's lock: two resources setting preferences at once
+    // leave the store and the server agreeing.
     ctx.state
         .mam
-        .with_user(&ctx.state, owner, |known| known.prefs = prefs)?;
+        .with_user(&ctx.state, owner, |known| {
+            ctx.state
+                .stores
+                .values
+                .set_value(owner, PREFS_KEY, &serialized)?;
+            known.prefs = prefs;
+            Ok::<(), StoreError>(())
+        })?
+        .ok_or(StanzaErrorCondition::ItemNotFound)??;
+    ctx.state.stores.flush().await?;
     Ok(Some(el))
 }
 
@@ -529,7 +572,7 @@ mod tests {
     #[test]
     fn a_tombstone_keeps_addressing_and_ids_only() {
         let original: Element = "<message xmlns='jabber:client' from='a@x/r' to='b@x' type='chat' id='m1'><body>secret</body><origin-id xmlns='urn:xmpp:sid:0' id='m1'/><stanza-id xmlns='urn:xmpp:sid:0' id='s' by='b@x'/><reply xmlns='urn:xmpp:reply:0' id='m0'/></message>".parse().unwrap();
-        let stone = tombstone(&original, Some("r1"));
+        let stone = tombstone(&original, "r1");
         assert_eq!(stone.attr("id"), Some("m1"));
         assert_eq!(stone.attr("from"), Some("a@x/r"));
         assert!(!stone.has_child("body", ns::CLIENT));

@@ -26,7 +26,7 @@ async fn to_muc(ctx: &SessionCtx, el: Element, to: &Jid) {
 }
 
 /// Routes a stanza whose `from` was stamped and whose `to` was parsed.
-pub async fn route(ctx: &SessionCtx, mut el: Element, to: Option<Jid>) {
+pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
     if let Some(to) = &to {
         let sender = ctx.jid.to_bare();
         // The resources of one account are never blocked from each other (XEP-0191 §5).
@@ -59,12 +59,6 @@ pub async fn route(ctx: &SessionCtx, mut el: Element, to: Option<Jid>) {
     if el.name() == "presence" {
         // Presence, iq handlers: boxed, so that the session's task is sized for the message path.
         return Box::pin(crate::modules::presence::outbound(ctx, el, to)).await;
-    }
-    if el.name() == "message" {
-        // XEP-0313: the sender's archive keeps what it sent; XEP-0280: the account's other
-        // resources see it, with that archive's id.
-        let archived = crate::modules::mam::record_sent(ctx, &mut el, to.as_ref());
-        crate::modules::carbons::sent(ctx, &el, archived.as_deref()).await;
     }
     let Some(to) = to else {
         // RFC 6120 §10.3: no 'to' means the server handles it on behalf of the sender's account; a
@@ -184,7 +178,8 @@ pub async fn service_message(
             "no such user",
         ));
     }
-    let sessions = ready_or_stored(state, &mut el, to).await?;
+    // Not archived: a notice from a service, not a conversation.
+    let sessions = ready_or_stored(state, &mut el, to, None).await?;
     if !sessions.is_empty() {
         let bytes = Bytes::from(xml::serialize(&el));
         for session in sessions {
@@ -203,31 +198,36 @@ fn ready(state: &crate::server::ServerState, bare: &BareJid) -> Vec<SessionHandl
 
 /// Decided under the user's offline gate, so that a session becoming available meanwhile cannot
 /// miss the message: the most available resources to deliver it to now, or none when it was stored
-/// for later (stamped with its stanza-id, durable on return).
+/// for later (stamped with its stanza-id, durable on return). A message from a user (`sender`) is
+/// archived for the recipient with the id it is stored with, and taken out again if it cannot be
+/// stored (the archive holds only what was accepted, XEP-0313 §6.1).
 async fn ready_or_stored(
     state: &crate::server::ServerState,
     el: &mut Element,
     bare: &BareJid,
+    sender: Option<&Jid>,
 ) -> Result<Vec<SessionHandle>, StanzaError> {
     let _gate = state.offline_gate.lock(bare).await;
     let sessions = ready(state, bare);
     if !sessions.is_empty() {
         return Ok(highest(sessions));
     }
-    // Archived with the stanza-id it is stored with (offline storage is flushed below).
-    let from = el.attr("from").and_then(|f| Jid::new(f).ok());
-    let archived = from.is_some_and(|from| mam::record(state, bare, &from, el, true).is_some());
-    if !archived {
+    let archived = sender.and_then(|sender| mam::record(state, bare, sender, el));
+    if archived.is_none() {
         stanza_id::stamp(el, bare);
     }
-    if offline::store(state, bare, el).await? {
-        Ok(Vec::new())
-    } else {
-        Err(StanzaError::with_text(
+    let refused = match offline::store(state, bare, el).await {
+        Ok(true) => return Ok(Vec::new()),
+        Ok(false) => StanzaError::with_text(
             StanzaErrorCondition::ServiceUnavailable,
             "the recipient's offline storage is full",
-        ))
+        ),
+        Err(err) => StanzaError::from(err),
+    };
+    if let Some(archived) = archived {
+        mam::unrecord(state, bare, &archived);
     }
+    Err(refused)
 }
 
 /// XEP-0160: keep the message for later, or tell the sender why not.
@@ -236,26 +236,43 @@ async fn store_offline(ctx: &SessionCtx, mut el: Element, bare: &BareJid) {
         // Chat states and the like are dropped for offline users (XEP-0160 §3, XEP-0085).
         return;
     }
-    match ready_or_stored(&ctx.state, &mut el, bare).await {
-        Ok(sessions) if sessions.is_empty() => {}
+    let sender = Jid::from(ctx.jid.clone());
+    match ready_or_stored(&ctx.state, &mut el, bare, Some(&sender)).await {
+        Ok(sessions) if sessions.is_empty() => {
+            // Stored: the sender's side sees the message as sent, without the recipient's id.
+            stanza_id::strip(&mut el, bare);
+            sent(ctx, &el, bare).await;
+        }
         Ok(sessions) => deliver(ctx, el, bare, &sessions).await,
         Err(error) => refuse(ctx, &el, error).await,
     }
 }
 
-/// Stamps messages with a stanza-id, serializes once, queues the bytes for every recipient, and
-/// copies messages to the recipient's other carbons-enabled resources.
+/// A message the session's client sent was accepted for `recipient` (delivered or stored): the
+/// sender's archive keeps it (XEP-0313), and the account's other resources get a copy with that
+/// archive's id (XEP-0280). Refused messages get neither.
+async fn sent(ctx: &SessionCtx, el: &Element, recipient: &BareJid) {
+    let archived = mam::record_sent(ctx, el, recipient);
+    crate::modules::carbons::sent(ctx, el, archived.as_deref()).await;
+}
+
+/// A message's sender side first (its archive, its carbons); then the recipient's: archived and
+/// stamped with a stanza-id, serialized once, queued for every recipient session, and copied to
+/// the recipient's other carbons-enabled resources.
 async fn deliver(ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[SessionHandle]) {
     if sessions.is_empty() {
         return;
     }
     let message = el.name() == "message";
+    if message {
+        sent(ctx, &el, bare).await;
+    }
     let mut serialized = None;
     if message && el.attr("type") != Some("error") {
         // Into the recipient's archive, with the id it is archived under (serialized once, for
         // the archive and every recipient); or stamped with an id of its own.
         let from = Jid::from(ctx.jid.clone());
-        match mam::record(&ctx.state, bare, &from, &mut el, true) {
+        match mam::record(&ctx.state, bare, &from, &mut el) {
             Some(recorded) => {
                 ctx.unflushed
                     .store(true, std::sync::atomic::Ordering::Release);

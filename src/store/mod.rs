@@ -235,6 +235,8 @@ pub trait ArchiveStore: Send + Sync {
     /// Replaces the stanza of an archived entry, keeping its key, nonce and `with` (a XEP-0424
     /// tombstone); false when there is no such entry.
     fn replace(&self, archive: &BareJid, key: u64, stanza: &[u8]) -> Result<bool, StoreError>;
+    /// Removes one entry (one just appended, for a message that was then refused).
+    fn remove(&self, archive: &BareJid, key: u64) -> Result<(), StoreError>;
     fn delete_archive(&self, archive: &BareJid) -> Result<(), StoreError>;
     /// The archives after `after` (from the first when none), in order, at most `limit` of them.
     fn archives_after(

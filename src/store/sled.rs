@@ -96,6 +96,11 @@ impl SledBackend {
         let rooms = db.open_tree("rooms").map_err(backend)?;
         let archive = db.open_tree("archive").map_err(backend)?;
         let archive_with = db.open_tree("archive_with").map_err(backend)?;
+        if archive_with.is_empty() && !archive.is_empty() {
+            // Archives written before the index existed (room archives): index them once.
+            index_archives(&archive, &archive_with)?;
+            db.flush().map_err(backend)?;
+        }
         Ok(SledBackend {
             db,
             accounts,
@@ -548,6 +553,28 @@ fn bare_part(with: &str) -> &str {
     with.split_once('/').map_or(with, |(bare, _)| bare)
 }
 
+/// Writes the `archive_with` key of every entry of `archive`.
+fn index_archives(archive: &sled::Tree, archive_with: &sled::Tree) -> Result<(), StoreError> {
+    let mut indexed = 0usize;
+    for entry in archive.iter() {
+        let (k, v) = entry.map_err(backend)?;
+        let Some(end) = k.iter().position(|&b| b == 0) else {
+            continue;
+        };
+        let Ok(owner) = BareJid::new(&String::from_utf8_lossy(&k[..end])) else {
+            continue;
+        };
+        if let Ok(item) = decode_archived(&owner, &k, &v) {
+            let mut index = conversation_prefix(&owner, bare_part(&item.with));
+            index.extend_from_slice(&item.key.to_be_bytes());
+            archive_with.insert(index, &[] as &[u8]).map_err(backend)?;
+            indexed += 1;
+        }
+    }
+    tracing::info!(indexed, "indexed archived messages by conversation");
+    Ok(())
+}
+
 /// `<archive>\0<with>\0`: the prefix of one conversation in `archive_with`.
 fn conversation_prefix(archive: &BareJid, with: &str) -> Vec<u8> {
     let mut k = user_prefix(archive);
@@ -688,10 +715,25 @@ impl ArchiveStore for SledBackend {
         };
         let mut item = decode_archived(archive, &k, &old)?;
         item.stanza = stanza.to_vec();
-        self.archive
-            .insert(k, encode_archived(&item))
-            .map_err(backend)?;
-        Ok(true)
+        // Only over the entry just read: one deleted meanwhile (expired, or its archive deleted)
+        // must not come back.
+        Ok(self
+            .archive
+            .compare_and_swap(k, Some(old), Some(encode_archived(&item)))
+            .map_err(backend)?
+            .is_ok())
+    }
+
+    fn remove(&self, archive: &BareJid, key: u64) -> Result<(), StoreError> {
+        let k = archive_key(archive, key);
+        if let Some(old) = self.archive.remove(&k).map_err(backend)? {
+            if let Ok(item) = decode_archived(archive, &k, &old) {
+                let mut index = conversation_prefix(archive, bare_part(&item.with));
+                index.extend_from_slice(&key.to_be_bytes());
+                self.archive_with.remove(index).map_err(backend)?;
+            }
+        }
+        Ok(())
     }
 
     fn delete_archive(&self, archive: &BareJid) -> Result<(), StoreError> {
@@ -861,6 +903,90 @@ mod tests {
         assert_eq!(bodies, vec![&b"m0"[..], b"m1", b"m2"]);
         OfflineStore::remove(&s, &bob, &[stored[0].0]).unwrap();
         assert_eq!(s.count(&bob).unwrap(), 2);
+    }
+
+    fn item(key: u64, with: &str) -> ArchivedStanza {
+        ArchivedStanza {
+            key,
+            nonce: key * 7,
+            with: with.into(),
+            stanza: format!("<m{key}/>").into_bytes(),
+        }
+    }
+
+    fn keys(items: &[ArchivedStanza]) -> Vec<u64> {
+        items.iter().map(|i| i.key).collect()
+    }
+
+    #[test]
+    fn archives_by_conversation_expiry_and_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledBackend::open(dir.path()).unwrap();
+        let bob = BareJid::new("bob@example.org").unwrap();
+        let room = BareJid::new("room@muc.example.org").unwrap();
+        let alice = BareJid::new("alice@example.org").unwrap();
+        for (key, with) in [
+            (10, "alice@example.org/phone"),
+            (20, "carol@example.org"),
+            (30, "alice@example.org"),
+            (40, "alice@example.org/laptop"),
+        ] {
+            s.append(&bob, &item(key, with)).unwrap();
+        }
+        s.append(&room, &item(5, "alice@example.org")).unwrap();
+        let all = |_: &ArchivedStanza| true;
+        // One conversation through the index, both ways, bounded by keys.
+        let got = s
+            .scan_with(&bob, &alice, 0, u64::MAX, false, 10, &mut { all })
+            .unwrap();
+        assert_eq!(keys(&got), vec![10, 30, 40]);
+        let got = s
+            .scan_with(&bob, &alice, 11, 40, true, 1, &mut { all })
+            .unwrap();
+        assert_eq!(keys(&got), vec![40]);
+        // A tombstone replaces the stanza only; a missing entry is not created.
+        assert!(s.replace(&bob, 30, b"<gone/>").unwrap());
+        assert!(!s.replace(&bob, 31, b"<gone/>").unwrap());
+        let replaced = s.archived(&bob, 30).unwrap().unwrap();
+        assert_eq!(
+            (replaced.stanza.as_slice(), replaced.nonce),
+            (&b"<gone/>"[..], 210)
+        );
+        // Removing one entry removes its index key too.
+        ArchiveStore::remove(&s, &bob, 10).unwrap();
+        let got = s
+            .scan_with(&bob, &alice, 0, u64::MAX, false, 10, &mut { all })
+            .unwrap();
+        assert_eq!(keys(&got), vec![30, 40]);
+        // Expiry walks every archive and deletes the oldest entries.
+        assert_eq!(
+            s.archives_after(None, 10).unwrap(),
+            vec![bob.clone(), room.clone()]
+        );
+        assert_eq!(
+            s.archives_after(Some(&bob), 10).unwrap(),
+            vec![room.clone()]
+        );
+        assert_eq!(s.delete_before(&bob, 35, 1).unwrap(), 1);
+        assert_eq!(s.delete_before(&bob, 35, 10).unwrap(), 1);
+        assert_eq!(
+            keys(&s.scan(&bob, 0, u64::MAX, false, 10, &mut { all }).unwrap()),
+            vec![40]
+        );
+        assert!(s
+            .scan_with(&bob, &alice, 0, 35, false, 10, &mut { all })
+            .unwrap()
+            .is_empty());
+        // Archives written before the index get it when the database is opened.
+        s.archive_with.clear().unwrap();
+        drop(s);
+        let s = SledBackend::open(dir.path()).unwrap();
+        let got = s
+            .scan_with(&room, &alice, 0, u64::MAX, false, 10, &mut { all })
+            .unwrap();
+        assert_eq!(keys(&got), vec![5]);
+        s.delete_archive(&bob).unwrap();
+        assert_eq!(s.archives_after(None, 10).unwrap(), vec![room]);
     }
 
     #[test]

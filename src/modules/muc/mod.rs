@@ -574,7 +574,13 @@ fn archive_iq(
         "query" => {
             let query = archive::Query::parse(store, room_jid, payload)?;
             let mut keep = archive_filter(room_jid, query.with.as_ref(), shows_real_jids)?;
-            let page = archive::run(store, room_jid, &query, None, &mut keep)?;
+            // A real JID (not an occupant's `room/nick`) is a conversation of the store's index.
+            let sender = query
+                .with
+                .as_ref()
+                .map(Jid::to_bare)
+                .filter(|with| with != room_jid);
+            let page = archive::run(store, room_jid, &query, sender.as_ref(), &mut keep)?;
             let mut out: Vec<Delivery> = Vec::with_capacity(page.items.len() + 1);
             let mut push = |item: &ArchivedStanza| {
                 let stanza = if shows_real_jids {
