@@ -332,12 +332,15 @@ pub fn run(
             found.truncate(wanted);
             found
         }
-        None => match conversation {
-            Some(with) => {
-                store.scan_with(archive, with, query.from, query.to, backwards, wanted, keep)?
-            }
-            None => store.scan(archive, query.from, query.to, backwards, wanted, keep)?,
-        },
+        None => store.scan(
+            archive,
+            conversation,
+            query.from,
+            query.to,
+            backwards,
+            wanted,
+            keep,
+        )?,
     };
     let complete = items.len() <= query.max;
     items.truncate(query.max);
@@ -456,8 +459,8 @@ pub fn search_form() -> Element {
 /// The archive's first and last stanzas (XEP-0313 §5), or an empty `<metadata/>`.
 pub fn metadata(store: &dyn ArchiveStore, archive: &BareJid) -> Result<Element, StoreError> {
     let mut metadata = Element::bare("metadata", NS_MAM);
-    let first = store.scan(archive, 0, u64::MAX, false, 1, &mut |_| true)?;
-    let last = store.scan(archive, 0, u64::MAX, true, 1, &mut |_| true)?;
+    let first = store.scan(archive, None, 0, u64::MAX, false, 1, &mut |_| true)?;
+    let last = store.scan(archive, None, 0, u64::MAX, true, 1, &mut |_| true)?;
     for (name, item) in [("start", first.first()), ("end", last.first())] {
         if let Some(item) = item {
             let mut el = Element::bare(name, NS_MAM);

@@ -127,7 +127,7 @@ fn load(state: &ServerState, user: &BareJid) -> Result<Option<Known>, StoreError
     let newest = state
         .stores
         .archive
-        .scan(user, 0, u64::MAX, true, 1, &mut |_| true)?;
+        .scan(user, None, 0, u64::MAX, true, 1, &mut |_| true)?;
     Ok(Some(Known {
         last_key: newest.first().map_or(0, |item| item.key),
         prefs: Arc::new(stored_prefs(state, user)?),
@@ -348,9 +348,9 @@ fn retract_in(
         (named && from.to_bare() == author && !el.has_child("retracted", NS_RETRACT)).then_some(el)
     };
     let mut looked = 0;
-    let found = state.stores.archive.scan_with(
+    let found = state.stores.archive.scan(
         owner,
-        &with.to_bare(),
+        Some(&with.to_bare()),
         0,
         retraction_key.saturating_sub(1),
         true,

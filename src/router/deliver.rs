@@ -271,8 +271,7 @@ async fn deliver(ctx: &SessionCtx, mut el: Element, bare: &BareJid, sessions: &[
     if message && el.attr("type") != Some("error") {
         // Into the recipient's archive, with the id it is archived under (serialized once, for
         // the archive and every recipient); or stamped with an id of its own.
-        let from = Jid::from(ctx.jid.clone());
-        match mam::record(&ctx.state, bare, &from, &mut el) {
+        match mam::record(&ctx.state, bare, &Jid::from(ctx.jid.clone()), &mut el) {
             Some(recorded) => {
                 ctx.unflushed
                     .store(true, std::sync::atomic::Ordering::Release);

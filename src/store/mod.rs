@@ -208,24 +208,14 @@ pub trait ArchiveStore: Send + Sync {
     fn append(&self, archive: &BareJid, item: &ArchivedStanza) -> Result<(), StoreError>;
     fn archived(&self, archive: &BareJid, key: u64) -> Result<Option<ArchivedStanza>, StoreError>;
     /// The stanzas with keys in `from..=to`, oldest first (newest first when `newest_first`), that
-    /// `keep` accepts, at most `limit` of them.
+    /// `keep` accepts, at most `limit` of them. With `with`, only those whose `with` has that bare
+    /// JID are read (through an index, so that one conversation of a large archive is as fast to
+    /// page as the whole).
     #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
         archive: &BareJid,
-        from: u64,
-        to: u64,
-        newest_first: bool,
-        limit: usize,
-        keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
-    ) -> Result<Vec<ArchivedStanza>, StoreError>;
-    /// Like `scan`, over the stanzas whose `with` has the bare JID `with` only (read through an
-    /// index, so that one conversation of a large archive is as fast to page as the whole).
-    #[allow(clippy::too_many_arguments)]
-    fn scan_with(
-        &self,
-        archive: &BareJid,
-        with: &BareJid,
+        with: Option<&BareJid>,
         from: u64,
         to: u64,
         newest_first: bool,

@@ -565,8 +565,7 @@ fn index_archives(archive: &sled::Tree, archive_with: &sled::Tree) -> Result<(),
             continue;
         };
         if let Ok(item) = decode_archived(&owner, &k, &v) {
-            let mut index = conversation_prefix(&owner, bare_part(&item.with));
-            index.extend_from_slice(&item.key.to_be_bytes());
+            let index = index_key(&owner, bare_part(&item.with), item.key);
             archive_with.insert(index, &[] as &[u8]).map_err(backend)?;
             indexed += 1;
         }
@@ -575,11 +574,13 @@ fn index_archives(archive: &sled::Tree, archive_with: &sled::Tree) -> Result<(),
     Ok(())
 }
 
-/// `<archive>\0<with>\0`: the prefix of one conversation in `archive_with`.
-fn conversation_prefix(archive: &BareJid, with: &str) -> Vec<u8> {
+/// `<archive>\0<with>\0` + key: the `archive_with` key of an entry with a party whose bare JID
+/// is `with`.
+fn index_key(archive: &BareJid, with: &str, key: u64) -> Vec<u8> {
     let mut k = user_prefix(archive);
     k.extend_from_slice(with.as_bytes());
     k.push(0);
+    k.extend_from_slice(&key.to_be_bytes());
     k
 }
 
@@ -615,8 +616,7 @@ impl SledBackend {
 
 impl ArchiveStore for SledBackend {
     fn append(&self, archive: &BareJid, item: &ArchivedStanza) -> Result<(), StoreError> {
-        let mut index = conversation_prefix(archive, bare_part(&item.with));
-        index.extend_from_slice(&item.key.to_be_bytes());
+        let index = index_key(archive, bare_part(&item.with), item.key);
         self.archive_with
             .insert(index, &[] as &[u8])
             .map_err(backend)?;
@@ -638,6 +638,7 @@ impl ArchiveStore for SledBackend {
     fn scan(
         &self,
         archive: &BareJid,
+        with: Option<&BareJid>,
         from: u64,
         to: u64,
         newest_first: bool,
@@ -648,38 +649,20 @@ impl ArchiveStore for SledBackend {
         if from > to || limit == 0 {
             return Ok(out);
         }
-        let range = self
-            .archive
-            .range(archive_key(archive, from)..=archive_key(archive, to));
-        if newest_first {
-            Self::collect(archive, range.rev(), limit, keep, &mut out)?;
-        } else {
-            Self::collect(archive, range, limit, keep, &mut out)?;
-        }
-        Ok(out)
-    }
-
-    fn scan_with(
-        &self,
-        archive: &BareJid,
-        with: &BareJid,
-        from: u64,
-        to: u64,
-        newest_first: bool,
-        limit: usize,
-        keep: &mut dyn FnMut(&ArchivedStanza) -> bool,
-    ) -> Result<Vec<ArchivedStanza>, StoreError> {
-        let mut out = Vec::new();
-        if from > to || limit == 0 {
+        let Some(with) = with else {
+            let range = self
+                .archive
+                .range(archive_key(archive, from)..=archive_key(archive, to));
+            if newest_first {
+                Self::collect(archive, range.rev(), limit, keep, &mut out)?;
+            } else {
+                Self::collect(archive, range, limit, keep, &mut out)?;
+            }
             return Ok(out);
-        }
-        let prefix = conversation_prefix(archive, with.as_str());
-        let bound = |key: u64| {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&key.to_be_bytes());
-            k
         };
-        let range = self.archive_with.range(bound(from)..=bound(to));
+        let range = self
+            .archive_with
+            .range(index_key(archive, with.as_str(), from)..=index_key(archive, with.as_str(), to));
         // Each index key names an entry; one read per entry, as many as the page needs.
         let entries = |k: sled::Result<(sled::IVec, sled::IVec)>| {
             let k = match k {
@@ -728,8 +711,7 @@ impl ArchiveStore for SledBackend {
         let k = archive_key(archive, key);
         if let Some(old) = self.archive.remove(&k).map_err(backend)? {
             if let Ok(item) = decode_archived(archive, &k, &old) {
-                let mut index = conversation_prefix(archive, bare_part(&item.with));
-                index.extend_from_slice(&key.to_be_bytes());
+                let index = index_key(archive, bare_part(&item.with), key);
                 self.archive_with.remove(index).map_err(backend)?;
             }
         }
@@ -801,8 +783,7 @@ impl ArchiveStore for SledBackend {
         {
             let (k, v) = entry.map_err(backend)?;
             if let Ok(item) = decode_archived(archive, &k, &v) {
-                let mut ik = conversation_prefix(archive, bare_part(&item.with));
-                ik.extend_from_slice(&item.key.to_be_bytes());
+                let ik = index_key(archive, bare_part(&item.with), item.key);
                 index.remove(ik);
             }
             data.remove(k);
@@ -937,11 +918,11 @@ mod tests {
         let all = |_: &ArchivedStanza| true;
         // One conversation through the index, both ways, bounded by keys.
         let got = s
-            .scan_with(&bob, &alice, 0, u64::MAX, false, 10, &mut { all })
+            .scan(&bob, Some(&alice), 0, u64::MAX, false, 10, &mut { all })
             .unwrap();
         assert_eq!(keys(&got), vec![10, 30, 40]);
         let got = s
-            .scan_with(&bob, &alice, 11, 40, true, 1, &mut { all })
+            .scan(&bob, Some(&alice), 11, 40, true, 1, &mut { all })
             .unwrap();
         assert_eq!(keys(&got), vec![40]);
         // A tombstone replaces the stanza only; a missing entry is not created.
@@ -955,7 +936,7 @@ mod tests {
         // Removing one entry removes its index key too.
         ArchiveStore::remove(&s, &bob, 10).unwrap();
         let got = s
-            .scan_with(&bob, &alice, 0, u64::MAX, false, 10, &mut { all })
+            .scan(&bob, Some(&alice), 0, u64::MAX, false, 10, &mut { all })
             .unwrap();
         assert_eq!(keys(&got), vec![30, 40]);
         // Expiry walks every archive and deletes the oldest entries.
@@ -970,11 +951,14 @@ mod tests {
         assert_eq!(s.delete_before(&bob, 35, 1).unwrap(), 1);
         assert_eq!(s.delete_before(&bob, 35, 10).unwrap(), 1);
         assert_eq!(
-            keys(&s.scan(&bob, 0, u64::MAX, false, 10, &mut { all }).unwrap()),
+            keys(
+                &s.scan(&bob, None, 0, u64::MAX, false, 10, &mut { all })
+                    .unwrap()
+            ),
             vec![40]
         );
         assert!(s
-            .scan_with(&bob, &alice, 0, 35, false, 10, &mut { all })
+            .scan(&bob, Some(&alice), 0, 35, false, 10, &mut { all })
             .unwrap()
             .is_empty());
         // Archives written before the index get it when the database is opened.
@@ -982,7 +966,7 @@ mod tests {
         drop(s);
         let s = SledBackend::open(dir.path()).unwrap();
         let got = s
-            .scan_with(&room, &alice, 0, u64::MAX, false, 10, &mut { all })
+            .scan(&room, Some(&alice), 0, u64::MAX, false, 10, &mut { all })
             .unwrap();
         assert_eq!(keys(&got), vec![5]);
         s.delete_archive(&bob).unwrap();

@@ -135,7 +135,7 @@ impl Service {
                     let newest = |limit: usize, keep: &mut dyn FnMut(&ArchivedStanza) -> bool| {
                         stores
                             .archive
-                            .scan(&jid, 0, u64::MAX, true, limit, keep)
+                            .scan(&jid, None, 0, u64::MAX, true, limit, keep)
                             .unwrap_or_else(|err| {
                                 tracing::error!(room = %jid, error = %err, "cannot read a room's archive; its history starts empty");
                                 Vec::new()
