@@ -22,6 +22,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub muc: MucConfig,
     pub archive: ArchiveConfig,
+    pub http: HttpConfig,
+    pub upload: UploadConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +253,66 @@ fn parse_age(text: &str) -> Result<Option<std::time::Duration>, String> {
     }
 }
 
+/// Rookery's own HTTPS server (file uploads; the certificate of `[tls]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTPS listener. Empty string: no HTTP server (and so no file upload).
+    pub listen: String,
+    /// The base URL clients are given (upload and download links), when the server is reached
+    /// through another name or port (a reverse proxy, a CDN). Empty: `https://<domain>:<port>`.
+    pub public_url: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:5443".into(),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// File sharing (XEP-0363 HTTP File Upload).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Whether the upload service runs (it needs `[http] listen`).
+    pub enabled: bool,
+    /// The service's domain; empty means `upload.` followed by the server's domain.
+    pub domain: String,
+    /// Largest file accepted, in bytes; larger requests get `<file-too-large/>`.
+    pub max_file_size: u64,
+    /// Bytes one user may keep stored at once (all their files together).
+    pub quota: u64,
+    /// Seconds a slot may wait for its upload (XEP-0363 recommends about 300).
+    pub slot_timeout: u64,
+    /// How long a file shared in a message is kept when the sender's chats are temporary (nothing
+    /// archived): long enough for recipients to fetch it. With permanent chats a file is kept as
+    /// long as the archived messages ([archive] expire_after). Same syntax as expire_after.
+    pub temporary_expire_after: String,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: true,
+            domain: String::new(),
+            max_file_size: 100 * 1024 * 1024,
+            quota: 1024 * 1024 * 1024,
+            slot_timeout: 300,
+            temporary_expire_after: "7d".into(),
+        }
+    }
+}
+
+impl UploadConfig {
+    /// `temporary_expire_after` as a duration; none when such files never expire.
+    pub fn temporary_expiry(&self) -> Option<std::time::Duration> {
+        parse_age(&self.temporary_expire_after).ok().flatten()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -347,6 +409,33 @@ impl Config {
             return Err(("[muc] max_occupants", "must be at least 1".into()));
         }
         parse_age(&self.archive.expire_after).map_err(|m| ("[archive] expire_after", m))?;
+        parse_listen(&self.http.listen).map_err(|m| ("[http] listen", m))?;
+        let public = self.http.public_url.trim_end_matches('/');
+        if !(public.is_empty() || public.starts_with("https://") || public.starts_with("http://")) {
+            return Err((
+                "[http] public_url",
+                format!("'{public}' is not an http(s) URL such as \"https://files.example.org\""),
+            ));
+        }
+        let upload = self.upload_domain();
+        if upload == domain.to_ascii_lowercase()
+            || upload == muc
+            || jid::BareJid::new(&upload).is_err()
+            || upload.contains(['@', '/'])
+        {
+            return Err((
+                "[upload] domain",
+                format!("'{upload}' is not a domain name of its own (it must differ from [server] domain and [muc] domain)"),
+            ));
+        }
+        if self.upload.max_file_size == 0 {
+            return Err(("[upload] max_file_size", "must be at least 1 byte".into()));
+        }
+        if self.upload.slot_timeout == 0 {
+            return Err(("[upload] slot_timeout", "must be at least 1 second".into()));
+        }
+        parse_age(&self.upload.temporary_expire_after)
+            .map_err(|m| ("[upload] temporary_expire_after", m))?;
         parse_listen(&self.c2s.listen).map_err(|m| ("[c2s] listen", m))?;
         parse_listen(&self.c2s.direct_tls_listen).map_err(|m| ("[c2s] direct_tls_listen", m))?;
         if self.c2s.listen.is_empty() && self.c2s.direct_tls_listen.is_empty() {
@@ -413,6 +502,26 @@ impl Config {
         } else {
             domain.to_ascii_lowercase()
         }
+    }
+
+    /// The upload service's domain (`[upload] domain`, or `upload.<domain>`).
+    pub fn upload_domain(&self) -> String {
+        let domain = self.upload.domain.trim_end_matches('.');
+        if domain.is_empty() {
+            format!("upload.{}", self.server.domain.trim_end_matches('.'))
+        } else {
+            domain.to_ascii_lowercase()
+        }
+    }
+
+    /// The HTTPS listener address, if any.
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        parse_listen(&self.http.listen).ok().flatten()
+    }
+
+    /// Where uploaded files are kept.
+    pub fn upload_dir(&self) -> PathBuf {
+        self.server.data_dir.join("uploads")
     }
 
     /// The STARTTLS listener address, if any.

@@ -200,7 +200,12 @@ fn user_command(config: &Config, action: UserAction) -> anyhow::Result<()> {
                 socket.display()
             )
         })?;
-        let accounts = Accounts::new(stores.clone(), config.domain(), config.auth.clone());
+        let accounts = Accounts::new(
+            stores.clone(),
+            config.domain(),
+            config.auth.clone(),
+            config.upload_dir(),
+        );
         let response = admin::execute(&accounts, None, request).await;
         stores.flush().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(response)

@@ -41,6 +41,8 @@ pub struct ServerState {
     pub blocklists: crate::modules::blocking::Blocklists,
     /// Users' message archives (XEP-0313): key clocks and preferences, in memory once read.
     pub mam: crate::modules::mam::Archives,
+    /// File sharing (XEP-0363) at `[upload] domain`.
+    pub upload: crate::modules::upload::Service,
     pub started: Instant,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
@@ -101,7 +103,18 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
     }
     let tls_config = tls::server_config(&config.tls.cert, &config.tls.key)?;
     let stores = Stores::open_sled(&config.server.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let accounts = Accounts::new(stores.clone(), domain.clone(), config.auth.clone());
+    let accounts = Accounts::new(
+        stores.clone(),
+        domain.clone(),
+        config.auth.clone(),
+        config.upload_dir(),
+    );
+    let upload = crate::modules::upload::Service::new(
+        config.upload_domain(),
+        config.upload_dir(),
+        config.upload.clone(),
+    );
+    let http_tls = crate::transport::http::tls_config(&tls_config);
 
     let muc = crate::modules::muc::Service::new(
         config.muc_domain(),
@@ -128,6 +141,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         muc,
         blocklists: Default::default(),
         mam: Default::default(),
+        upload,
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),
@@ -160,10 +174,35 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
             limit.clone(),
         )));
     }
+    if let Some(addr) = state.config.http_listen() {
+        let listener =
+            listen(addr).with_context(|| format!("cannot listen on {addr} ([http] listen)"))?;
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!("https listening on {local}");
+        if state.config.upload.enabled {
+            let public = state.config.http.public_url.trim_end_matches('/');
+            let base = if public.is_empty() {
+                format!("https://{}:{}", state.domain, local.port())
+            } else {
+                public.to_string()
+            };
+            tracing::info!(service = %state.upload.domain, "file upload at {base}");
+            state.upload.enable(base);
+        }
+        tasks.push(tokio::spawn(crate::transport::http::serve(
+            state.clone(),
+            listener,
+            TlsAcceptor::from(http_tls),
+            limit.clone(),
+        )));
+    } else if state.config.upload.enabled {
+        tracing::info!("no [http] listen: file upload is off");
+    }
     tasks.push(tokio::spawn(crate::admin::serve(state.clone())?));
     tokio::spawn(crate::modules::activity::writer(state.clone()));
     tokio::spawn(crate::modules::offline::checkpoint(state.clone()));
     tokio::spawn(crate::modules::mam::expire(state.clone()));
+    tokio::spawn(crate::modules::upload::expire(state.clone()));
     tokio::spawn(close_sessions_at_shutdown(state.clone()));
     tracing::info!(domain = %domain, data = %state.config.server.data_dir.display(), "Rookery {} ready", env!("CARGO_PKG_VERSION"));
     Ok(Running {

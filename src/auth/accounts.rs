@@ -35,6 +35,8 @@ pub struct Accounts {
     stores: Stores,
     domain: String,
     config: AuthConfig,
+    /// Where the account's uploaded files are (they go with the account).
+    upload_dir: std::path::PathBuf,
     /// Bounds concurrent password hashing (Argon2id/PBKDF2) to the cores we have.
     hashing: Arc<Semaphore>,
     /// Per-process secret for made-up SCRAM salts of unknown users.
@@ -45,7 +47,12 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn new(stores: Stores, domain: String, config: AuthConfig) -> Self {
+    pub fn new(
+        stores: Stores,
+        domain: String,
+        config: AuthConfig,
+        upload_dir: std::path::PathBuf,
+    ) -> Self {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -53,6 +60,7 @@ impl Accounts {
             stores,
             domain,
             config,
+            upload_dir,
             hashing: Arc::new(Semaphore::new(cores)),
             secret: rand::random(),
             decoy: Arc::new(std::sync::OnceLock::new()),
@@ -159,6 +167,7 @@ impl Accounts {
         self.stores.activity.delete_activity(jid)?;
         self.stores.values.delete_values(jid)?;
         self.stores.archive.delete_archive(jid)?;
+        crate::modules::upload::delete_owner(self.stores.uploads.as_ref(), &self.upload_dir, jid)?;
         self.stores.flush().await?;
         Ok(())
     }

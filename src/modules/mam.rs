@@ -114,6 +114,17 @@ impl Archives {
         Ok(shard.get_mut(user).map(f))
     }
 
+    /// Whether the user's chats are kept (their archive default is not "never"): uploads they share
+    /// in messages live as long as archived messages then.
+    pub fn keeps_chats(&self, state: &ServerState, user: &BareJid) -> bool {
+        match self.with_user(state, user, |known| {
+            known.prefs.default_ != DefaultPrefs::Never
+        }) {
+            Ok(Some(keeps)) => keeps,
+            _ => state.config.archive.default == ArchiveMode::Permanent,
+        }
+    }
+
     /// Forgets a user (the account was deleted).
     pub fn forget(&self, user: &BareJid) {
         self.shard(user).remove(user);

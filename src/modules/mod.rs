@@ -17,6 +17,7 @@ pub mod register;
 pub mod roster;
 pub mod stanza_id;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
@@ -156,6 +157,7 @@ pub const MODULES: &[&Module] = &[
     &muc::MODULE,
     &archive::MODULE,
     &mam::MODULE,
+    &upload::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.
@@ -246,7 +248,10 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
     let outcome: IqResult = match (namespace.as_str(), target) {
         (ns::DISCO_INFO, _) => disco::info(set, payload, target),
         (ns::DISCO_ITEMS, _) => {
-            disco::items(&[ctx.state.muc.domain.as_str()], set, payload, target)
+            let services: Vec<&str> = std::iter::once(ctx.state.muc.domain.as_str())
+                .chain(ctx.state.upload.listed())
+                .collect();
+            disco::items(&services, set, payload, target)
         }
         (ns::PING, _) => ping::handle(set, payload),
         (ns::VERSION, Target::Server) => version::handle(set, payload),

@@ -56,6 +56,9 @@ pub async fn route(ctx: &SessionCtx, el: Element, to: Option<Jid>) {
     if let Some(to) = to.as_ref().filter(|to| ctx.state.muc.serves(to)) {
         return Box::pin(to_muc(ctx, el, to)).await;
     }
+    if let Some(to) = to.as_ref().filter(|to| ctx.state.upload.serves(to)) {
+        return Box::pin(crate::modules::upload::receive(ctx, el, to)).await;
+    }
     if el.name() == "presence" {
         // Presence, iq handlers: boxed, so that the session's task is sized for the message path.
         return Box::pin(crate::modules::presence::outbound(ctx, el, to)).await;

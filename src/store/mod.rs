@@ -244,6 +244,70 @@ pub trait ArchiveStore: Send + Sync {
     ) -> Result<usize, StoreError>;
 }
 
+/// What is known about one uploaded file (XEP-0363): who owns it, what it is, until when it is
+/// kept, and whether its bytes have arrived. The bytes live on disk, not in the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UploadRecord {
+    /// The uploader's bare JID.
+    pub owner: String,
+    /// The sanitised file name, as it appears (percent-encoded) at the end of the URLs.
+    pub filename: String,
+    /// The size announced in the slot request, in bytes; the PUT must match it.
+    pub size: u64,
+    /// The content type announced in the slot request (or `application/octet-stream`).
+    pub content_type: String,
+    /// When the slot was issued, Unix seconds.
+    pub created: u64,
+    /// When the file goes (Unix seconds); none: kept until its owner's account is deleted.
+    pub expires: Option<u64>,
+    pub state: UploadState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum UploadState {
+    /// A slot waiting for its PUT: the SHA-256 of the secret the PUT must present, and until when
+    /// (Unix seconds) the slot may be used.
+    Slot { secret: Vec<u8>, until: u64 },
+    /// A PUT is writing the file (since, Unix seconds); nobody else may use the slot meanwhile.
+    Receiving { since: u64 },
+    /// The file is on disk: its strong ETag (from the content's SHA-256) and when it was stored.
+    Stored { etag: String, stored: u64 },
+}
+
+impl UploadRecord {
+    /// When the record needs looking at (Unix seconds): a slot when it lapses, a PUT in progress
+    /// when it has surely died (a day on), a file when it expires.
+    pub fn due(&self) -> Option<u64> {
+        match &self.state {
+            UploadState::Slot { until, .. } => Some(*until),
+            UploadState::Receiving { since } => Some(since.saturating_add(86_400)),
+            UploadState::Stored { .. } => self.expires,
+        }
+    }
+}
+
+/// Uploaded files' records, by the file's random id, with an index by owner (quota, account
+/// deletion) and by time of expiry (retention).
+pub trait UploadStore: Send + Sync {
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError>;
+    /// Stores a new record; false when the id is taken (nothing changed then).
+    fn create_upload(&self, id: &str, record: &UploadRecord) -> Result<bool, StoreError>;
+    /// Replaces `old` by `new` if the record still is `old` (compare-and-swap); false otherwise.
+    fn replace_upload(
+        &self,
+        id: &str,
+        old: &UploadRecord,
+        new: &UploadRecord,
+    ) -> Result<bool, StoreError>;
+    /// Removes a record and its index entries; the record that was there, if any.
+    fn remove_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError>;
+    /// Every record of one owner.
+    fn uploads_of(&self, owner: &BareJid) -> Result<Vec<(String, UploadRecord)>, StoreError>;
+    /// Up to `limit` ids whose record must be looked at by `now` (Unix seconds): expired files and
+    /// slots, in order of expiry.
+    fn uploads_due(&self, now: u64, limit: usize) -> Result<Vec<String>, StoreError>;
+}
+
 /// Making accepted writes durable. Blocking: call through `Stores::flush`.
 pub trait Durability: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
@@ -260,6 +324,7 @@ pub struct Stores {
     pub values: Arc<dyn KeyValueStore>,
     pub rooms: Arc<dyn RoomStore>,
     pub archive: Arc<dyn ArchiveStore>,
+    pub uploads: Arc<dyn UploadStore>,
     durability: Arc<dyn Durability>,
     commit: Arc<GroupCommit>,
 }
@@ -287,6 +352,7 @@ impl Stores {
             values: backend.clone(),
             rooms: backend.clone(),
             archive: backend.clone(),
+            uploads: backend.clone(),
             durability: backend,
             commit: Arc::default(),
         })

@@ -16,6 +16,11 @@
 //! - `archive_with`: `<archive>\0<bare JID of with>\0` + key → empty: the conversations index of
 //!   `archive`. Written before the entry it points to and removed after it, so it never lacks an
 //!   entry; an index key whose entry is gone (a crash in between) is skipped when read.
+//! - `uploads`: file id (random, URL-safe) → `[1]` + JSON of `UploadRecord`. The bytes are files
+//!   in the data directory (see `modules::upload`).
+//! - `uploads_owner`: `<owner>\0<id>` → empty; `uploads_due`: due time (Unix seconds, u64
+//!   big-endian) + id → empty. Both written before the record and removed after it; a stale key
+//!   is skipped (and `uploads_due` drops it) when read.
 
 use std::path::Path;
 
@@ -23,7 +28,8 @@ use jid::BareJid;
 
 use super::{
     AccountStore, ActivityStore, ArchiveStore, ArchivedStanza, Durability, KeyValueStore,
-    OfflineStore, RoomStore, RosterItem, RosterStore, StoreError, StoredCredentials,
+    OfflineStore, RoomStore, RosterItem, RosterStore, StoreError, StoredCredentials, UploadRecord,
+    UploadStore,
 };
 
 /// The schema this build reads and writes.
@@ -40,6 +46,9 @@ pub struct SledBackend {
     rooms: sled::Tree,
     archive: sled::Tree,
     archive_with: sled::Tree,
+    uploads: sled::Tree,
+    uploads_owner: sled::Tree,
+    uploads_due: sled::Tree,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -101,8 +110,14 @@ impl SledBackend {
             index_archives(&archive, &archive_with)?;
             db.flush().map_err(backend)?;
         }
+        let uploads = db.open_tree("uploads").map_err(backend)?;
+        let uploads_owner = db.open_tree("uploads_owner").map_err(backend)?;
+        let uploads_due = db.open_tree("uploads_due").map_err(backend)?;
         Ok(SledBackend {
             db,
+            uploads,
+            uploads_owner,
+            uploads_due,
             accounts,
             rosters,
             offline,
@@ -793,6 +808,150 @@ impl ArchiveStore for SledBackend {
         self.archive.apply_batch(data).map_err(backend)?;
         self.archive_with.apply_batch(index).map_err(backend)?;
         Ok(deleted)
+    }
+}
+
+fn encode_upload(record: &UploadRecord) -> Result<Vec<u8>, StoreError> {
+    let mut value = vec![VALUE_VERSION];
+    serde_json::to_writer(&mut value, record)
+        .map_err(|e| StoreError::Backend(format!("cannot encode an upload record: {e}")))?;
+    Ok(value)
+}
+
+fn decode_upload(id: &str, value: &[u8]) -> Result<UploadRecord, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        key: format!("uploads/{id}"),
+        message,
+    };
+    match value.split_first() {
+        Some((&VALUE_VERSION, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+        }
+        _ => Err(corrupt("unknown value version".into())),
+    }
+}
+
+fn owner_key(owner: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(owner.len() + 1 + id.len());
+    key.extend_from_slice(owner.as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn due_key(due: u64, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + id.len());
+    key.extend_from_slice(&due.to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+impl UploadStore for SledBackend {
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
+        self.uploads
+            .get(id)
+            .map_err(backend)?
+            .map(|value| decode_upload(id, &value))
+            .transpose()
+    }
+
+    fn create_upload(&self, id: &str, record: &UploadRecord) -> Result<bool, StoreError> {
+        let value = encode_upload(record)?;
+        self.uploads_owner
+            .insert(owner_key(&record.owner, id), &[] as &[u8])
+            .map_err(backend)?;
+        if let Some(due) = record.due() {
+            self.uploads_due
+                .insert(due_key(due, id), &[] as &[u8])
+                .map_err(backend)?;
+        }
+        Ok(self
+            .uploads
+            .compare_and_swap(id, None as Option<&[u8]>, Some(value))
+            .map_err(backend)?
+            .is_ok())
+    }
+
+    fn replace_upload(
+        &self,
+        id: &str,
+        old: &UploadRecord,
+        new: &UploadRecord,
+    ) -> Result<bool, StoreError> {
+        if let Some(due) = new.due() {
+            self.uploads_due
+                .insert(due_key(due, id), &[] as &[u8])
+                .map_err(backend)?;
+        }
+        let swapped = self
+            .uploads
+            .compare_and_swap(id, Some(encode_upload(old)?), Some(encode_upload(new)?))
+            .map_err(backend)?
+            .is_ok();
+        if swapped && old.due() != new.due() {
+            if let Some(due) = old.due() {
+                self.uploads_due.remove(due_key(due, id)).map_err(backend)?;
+            }
+        }
+        Ok(swapped)
+    }
+
+    fn remove_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
+        let Some(value) = self.uploads.remove(id).map_err(backend)? else {
+            return Ok(None);
+        };
+        let record = decode_upload(id, &value)?;
+        self.uploads_owner
+            .remove(owner_key(&record.owner, id))
+            .map_err(backend)?;
+        if let Some(due) = record.due() {
+            self.uploads_due.remove(due_key(due, id)).map_err(backend)?;
+        }
+        Ok(Some(record))
+    }
+
+    fn uploads_of(&self, owner: &BareJid) -> Result<Vec<(String, UploadRecord)>, StoreError> {
+        let prefix = owner_key(owner.as_str(), "");
+        let mut found = Vec::new();
+        for entry in self.uploads_owner.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(backend)?;
+            let Ok(id) = std::str::from_utf8(&key[prefix.len()..]) else {
+                continue;
+            };
+            if let Some(record) = self.upload(id)? {
+                if record.owner == owner.as_str() {
+                    found.push((id.to_string(), record));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn uploads_due(&self, now: u64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut due = Vec::new();
+        for entry in self.uploads_due.range(..due_key(now.saturating_add(1), "")) {
+            if due.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(backend)?;
+            let (Some(time), Ok(id)) = (
+                key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+                std::str::from_utf8(key.get(8..).unwrap_or_default()),
+            ) else {
+                self.uploads_due.remove(&key).map_err(backend)?;
+                continue;
+            };
+            // A key left behind by a change of the record (or a crash) goes now.
+            match self.upload(id)? {
+                Some(record) if record.due() == Some(u64::from_be_bytes(time)) => {
+                    due.push(id.to_string())
+                }
+                _ => {
+                    self.uploads_due.remove(&key).map_err(backend)?;
+                }
+            }
+        }
+        Ok(due)
     }
 }
 

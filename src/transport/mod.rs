@@ -1,6 +1,7 @@
 //! Sockets: a client connection is plain TCP or TLS over TCP, and everything above reads and writes it
 //! through one `Transport` type.
 
+pub mod http;
 pub mod tls;
 
 use std::io;

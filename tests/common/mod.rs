@@ -2,6 +2,7 @@
 //! directory, and gives tests raw XMPP connections (plain, STARTTLS, direct TLS) to talk to it.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod mam;
 pub mod muc;
 pub mod stanzas;
@@ -84,6 +85,8 @@ pub struct TestServer {
     child: Child,
     pub c2s: SocketAddr,
     pub direct_tls: SocketAddr,
+    /// The HTTPS listener (uploads), when the configuration has one.
+    pub http: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
@@ -113,6 +116,8 @@ max_stanza_size = {max_stanza}
 auth_timeout = {auth_timeout}
 resume_timeout = {resume_timeout}
 session_queue = {session_queue}
+[http]
+listen = "127.0.0.1:0"
 [tls]
 cert = "{cert}"
 key = "{key}"
@@ -176,7 +181,7 @@ failure_delay_ms = {delay}
                 }
             });
         }
-        let (mut c2s, mut direct_tls) = (None, None);
+        let (mut c2s, mut direct_tls, mut http) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while c2s.is_none() || direct_tls.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -193,6 +198,9 @@ failure_delay_ms = {delay}
             if let Some(addr) = listening(&line, "c2s (direct TLS) listening on ") {
                 direct_tls = Some(addr);
             }
+            if let Some(addr) = listening(&line, "https listening on ") {
+                http = Some(addr);
+            }
         }
         // Wait for the "ready" line so the admin socket is up too.
         while !log.lock().unwrap().iter().any(|l| l.contains("ready")) {
@@ -201,10 +209,16 @@ failure_delay_ms = {delay}
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let http = http.or_else(|| {
+            let log = log.lock().unwrap();
+            log.iter()
+                .find_map(|line| listening(line, "https listening on "))
+        });
         TestServer {
             child,
             c2s: c2s.unwrap(),
             direct_tls: direct_tls.unwrap(),
+            http,
             dir,
             config,
             log,
