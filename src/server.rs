@@ -41,6 +41,10 @@ pub struct ServerState {
     pub blocklists: crate::modules::blocking::Blocklists,
     /// Users' message archives (XEP-0313): key clocks and preferences, in memory once read.
     pub mam: crate::modules::mam::Archives,
+    /// Clients' capabilities (XEP-0115), for PEP notifications.
+    pub caps: crate::modules::caps::Caps,
+    /// Orders changes to each account's PEP nodes (XEP-0163).
+    pub pep_locks: crate::modules::pep::Locks,
     /// File sharing (XEP-0363) at `[upload] domain`.
     pub upload: crate::modules::upload::Service,
     pub started: Instant,
@@ -142,6 +146,8 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         blocklists: Default::default(),
         mam: Default::default(),
         upload,
+        caps: Default::default(),
+        pep_locks: Default::default(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),

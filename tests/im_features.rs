@@ -75,38 +75,6 @@ fn is_carbon(el: &Element) -> bool {
     carbon(el, "received").is_some() || carbon(el, "sent").is_some()
 }
 
-/// `a` subscribes to `b` and `b` approves; waits until both sides saw it all, then clears both
-/// queues. Both clients must be interested and available.
-async fn subscribe_to(a: &mut Client, b: &mut Client) {
-    let (a_bare, b_bare) = (a.bare.clone(), b.bare.clone());
-    a.send(&format!("<presence type='subscribe' to='{b_bare}'/>"))
-        .await;
-    b.wait("a subscription request", |el| {
-        presence_is(el, Some("subscribe"), &a_bare)
-    })
-    .await;
-    b.send(&format!("<presence type='subscribed' to='{a_bare}'/>"))
-        .await;
-    a.wait("the approval", |el| {
-        presence_is(el, Some("subscribed"), &b_bare)
-    })
-    .await;
-    // The approval's last effect: the contact's presence reaches the subscriber.
-    let b_jid = b.jid.clone();
-    a.wait("the contact's presence after approval", |el| {
-        available(el, &b_jid)
-    })
-    .await;
-    a.settle_and_clear().await;
-    b.settle_and_clear().await;
-}
-
-/// Subscriptions both ways between `a` and `b`.
-async fn mutual(a: &mut Client, b: &mut Client) {
-    subscribe_to(a, b).await;
-    subscribe_to(b, a).await;
-}
-
 /// The server's disco#info features.
 async fn server_features(c: &mut Client) -> Vec<String> {
     let reply = c

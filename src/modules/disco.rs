@@ -45,13 +45,40 @@ pub fn info(set: bool, payload: &Element, target: Target) -> IqResult {
             super::account_features(),
         ),
     };
+    // XEP-0163 §6.1: every account is a PEP service.
+    let pep = (target == Target::Account).then(|| Identity {
+        category: "pubsub".into(),
+        type_: "pep".into(),
+        lang: None,
+        name: None,
+    });
     let result = DiscoInfoResult {
         node: None,
-        identities: vec![identity],
+        identities: std::iter::once(identity).chain(pep).collect(),
         features: features.into_iter().map(String::from).collect(),
         extensions: Vec::new(),
     };
     Ok(Some(result.into()))
+}
+
+/// An account's items: its PEP nodes (node name, title) that the asker may see.
+pub fn node_items(nodes: Vec<(String, String)>, owner: &jid::BareJid) -> IqResult {
+    let items = nodes
+        .into_iter()
+        .map(|(node, title)| xmpp_parsers::disco::Item {
+            jid: jid::Jid::from(owner.clone()),
+            node: Some(node),
+            name: (!title.is_empty()).then_some(title),
+        })
+        .collect();
+    Ok(Some(
+        DiscoItemsResult {
+            node: None,
+            items,
+            rsm: None,
+        }
+        .into(),
+    ))
 }
 
 /// The server's items are its services (the group chat service); an account lists none here.

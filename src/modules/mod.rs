@@ -5,11 +5,13 @@
 pub mod activity;
 pub mod archive;
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod mam;
 pub mod muc;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -158,6 +160,8 @@ pub const MODULES: &[&Module] = &[
     &archive::MODULE,
     &mam::MODULE,
     &upload::MODULE,
+    &caps::MODULE,
+    &pep::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.
@@ -237,6 +241,14 @@ pub async fn account_iq(ctx: &SessionCtx, iq: Element) {
 async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
     let kind = iq.attr("type").unwrap_or("");
     if kind == "result" || kind == "error" {
+        // An answer to the server's own question about a client's caps (XEP-0115).
+        if target == Target::Server
+            && iq
+                .attr("id")
+                .is_some_and(|id| id.starts_with(caps::ID_PREFIX))
+        {
+            caps::answer(ctx, &iq).await;
+        }
         // RFC 6120 §8.2.3: results and errors are never answered.
         return;
     }
@@ -245,7 +257,18 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
     };
     let set = kind == "set";
     let namespace = payload.ns();
+    let own = target == Target::Account || iq.attr("to").is_none();
+    let user = ctx.jid.to_bare();
     let outcome: IqResult = match (namespace.as_str(), target) {
+        // A node of one's own PEP service (XEP-0163), and the nodes as items.
+        (ns::DISCO_INFO, Target::Account) if !set && payload.attr("node").is_some() => {
+            pep::node_info(&ctx.state, &user, &user, payload.attr("node").unwrap_or(""))
+        }
+        (ns::DISCO_ITEMS, Target::Account) if !set && payload.attr("node").is_none() => {
+            pep::node_items(&ctx.state, &user, &user)
+                .map_err(StanzaError::from)
+                .and_then(|nodes| disco::node_items(nodes, &user))
+        }
         (ns::DISCO_INFO, _) => disco::info(set, payload, target),
         (ns::DISCO_ITEMS, _) => {
             let services: Vec<&str> = std::iter::once(ctx.state.muc.domain.as_str())
@@ -277,6 +300,9 @@ async fn dispatch(ctx: &SessionCtx, iq: Element, target: Target) {
         (archive::NS_MAM, Target::Account) => mam::handle(ctx, set, payload).await,
         (archive::NS_MAM, Target::Server) if iq.attr("to").is_none() => {
             mam::handle(ctx, set, payload).await
+        }
+        (pep::NS_PUBSUB | pep::NS_OWNER, _) if own => {
+            pep::handle(&ctx.state, &ctx.jid, &user, set, payload).await
         }
         (ns::SESSION, Target::Server) if set => Ok(None),
         _ => Err(StanzaErrorCondition::ServiceUnavailable.into()),
@@ -315,7 +341,23 @@ pub async fn contact_iq(ctx: &SessionCtx, iq: Element, contact: &jid::BareJid) {
         return ctx.reply_error(&iq, StanzaErrorCondition::BadRequest).await;
     };
     let set = iq.attr("type") == Some("set");
+    let asker = ctx.jid.to_bare();
     let outcome: IqResult = match payload.ns().as_str() {
+        ns::DISCO_INFO if !set && payload.attr("node").is_some() => pep::node_info(
+            &ctx.state,
+            &asker,
+            contact,
+            payload.attr("node").unwrap_or(""),
+        ),
+        ns::DISCO_INFO => disco::info(set, payload, Target::Account),
+        ns::DISCO_ITEMS if !set && payload.attr("node").is_none() => {
+            pep::node_items(&ctx.state, &asker, contact)
+                .map_err(StanzaError::from)
+                .and_then(|nodes| disco::node_items(nodes, contact))
+        }
+        pep::NS_PUBSUB | pep::NS_OWNER => {
+            pep::handle(&ctx.state, &ctx.jid, contact, set, payload).await
+        }
         ns::LAST => activity::handle(ctx, set, Target::Account, Some(contact)),
         ns::VCARD => vcard::handle(&ctx.state, &ctx.jid.to_bare(), contact, set, payload).await,
         // Only the owner may touch these (XEP-0049 §3, RFC 6121 §2.1.5, XEP-0313 §8.1).

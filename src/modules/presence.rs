@@ -206,6 +206,8 @@ async fn broadcast(ctx: &SessionCtx, presence: Element) -> Result<(), StoreError
             }
         }
     }
+    // What the client can do decides which PEP notifications it gets (XEP-0115, XEP-0163).
+    super::caps::presence(ctx, &presence).await;
     Ok(())
 }
 

@@ -144,6 +144,8 @@ pub struct PresenceState {
     carbons: AtomicBool,
     /// Asked for the blocklist, so it gets block/unblock pushes (XEP-0191).
     blocklist_interested: AtomicBool,
+    /// The PEP nodes it wants notifications of (XEP-0115 `+notify` features), once known.
+    notify: Mutex<Option<Arc<crate::modules::caps::Notify>>>,
 }
 
 impl PresenceState {
@@ -194,6 +196,23 @@ impl PresenceState {
         if let Ok(mut last) = self.last.lock() {
             *last = None;
         }
+    }
+
+    /// The PEP nodes this session wants notifications of (none until its caps are known).
+    pub fn notify(&self) -> Option<Arc<crate::modules::caps::Notify>> {
+        self.notify.lock().ok().and_then(|n| n.clone())
+    }
+
+    /// Records what the session's caps say it wants; true when that changed.
+    pub fn set_notify(&self, notify: Arc<crate::modules::caps::Notify>) -> bool {
+        let Ok(mut current) = self.notify.lock() else {
+            return false;
+        };
+        if current.as_deref() == Some(&*notify) {
+            return false;
+        }
+        *current = Some(notify);
+        true
     }
 
     /// The last available presence, if the session is available.

@@ -177,6 +177,7 @@ pub trait ActivityStore: Send + Sync {
 pub trait KeyValueStore: Send + Sync {
     fn get_value(&self, user: &BareJid, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set_value(&self, user: &BareJid, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn delete_value(&self, user: &BareJid, key: &str) -> Result<(), StoreError>;
     fn delete_values(&self, user: &BareJid) -> Result<(), StoreError>;
 }
 

@@ -469,6 +469,13 @@ impl KeyValueStore for SledBackend {
         Ok(())
     }
 
+    fn delete_value(&self, user: &BareJid, key: &str) -> Result<(), StoreError> {
+        let mut k = user_prefix(user);
+        k.extend_from_slice(key.as_bytes());
+        self.values.remove(k).map_err(backend)?;
+        Ok(())
+    }
+
     fn delete_values(&self, user: &BareJid) -> Result<(), StoreError> {
         Self::delete_prefix(&self.values, &user_prefix(user))
     }
@@ -972,6 +979,17 @@ mod tests {
         }
     }
 
+    /// Opens the database again once the dropped handle's background flusher has let go of it.
+    fn reopen(path: &Path) -> SledBackend {
+        for _ in 0..100 {
+            if let Ok(s) = SledBackend::open(path) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        SledBackend::open(path).unwrap()
+    }
+
     #[test]
     fn account_lifecycle_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1123,7 +1141,7 @@ mod tests {
         // Archives written before the index get it when the database is opened.
         s.archive_with.clear().unwrap();
         drop(s);
-        let s = SledBackend::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         let got = s
             .scan(&room, Some(&alice), 0, u64::MAX, false, 10, &mut { all })
             .unwrap();

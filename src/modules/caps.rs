@@ -1,0 +1,225 @@
+//! XEP-0115 entity capabilities, as PEP needs them: which nodes each client session wants
+//! notifications of (its `<node>+notify` features). Learnt from the `<c/>` of its presence: a
+//! known `ver` is looked up, a new one is asked once with disco#info, verified, and cached for
+//! every session that announces it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use minidom::Element;
+use xmpp_parsers::disco::DiscoInfoResult;
+use xmpp_parsers::hashes::Algo;
+
+use super::{Module, Spec, Support};
+use crate::error::set_attr;
+use crate::router::Outbound;
+use crate::session::SessionCtx;
+use crate::xml::{self, ns};
+
+pub const NS_CAPS: &str = "http://jabber.org/protocol/caps";
+/// Ids of the disco#info questions the server asks clients.
+pub const ID_PREFIX: &str = "caps-";
+
+pub const MODULE: Module = Module {
+    name: "caps",
+    disco_features: &[],
+    account_features: &[],
+    stream_features: &[],
+    specs: &[Spec::xep(
+        115,
+        "1.6.0",
+        Support::Partial,
+        "clients' caps read from presence, each new ver asked once, sha-1 ver verified and cached; used for PEP +notify; the server announces no caps of its own",
+    )],
+};
+
+/// Feature sets remembered by `ver`; past this the cache starts again.
+const MAX_KNOWN: usize = 10_000;
+/// Questions awaiting an answer; past this new ones are not asked until answers come.
+const MAX_ASKED: usize = 10_000;
+
+/// The nodes one session wants notifications of, sorted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Notify(Vec<String>);
+
+impl Notify {
+    pub fn from_features<'a>(features: impl IntoIterator<Item = &'a str>) -> Notify {
+        let mut nodes: Vec<String> = features
+            .into_iter()
+            .filter_map(|f| f.strip_suffix("+notify"))
+            .filter(|node| !node.is_empty())
+            .map(str::to_string)
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        Notify(nodes)
+    }
+
+    pub fn wants(&self, node: &str) -> bool {
+        self.0.binary_search_by(|n| n.as_str().cmp(node)).is_ok()
+    }
+
+    pub fn nodes(&self) -> &[String] {
+        &self.0
+    }
+}
+
+struct Asked {
+    session: u64,
+    ver: String,
+    verifiable: bool,
+}
+
+/// Known feature sets and questions in flight.
+#[derive(Default)]
+pub struct Caps {
+    known: RwLock<HashMap<String, Arc<Notify>>>,
+    asked: Mutex<HashMap<String, Asked>>,
+    ids: AtomicU64,
+}
+
+/// A session's available presence: learn what its caps say (at once if the `ver` is known).
+pub async fn presence(ctx: &SessionCtx, presence: &Element) {
+    let Some(c) = presence.get_child("c", NS_CAPS) else {
+        return;
+    };
+    let (Some(node), Some(ver)) = (c.attr("node"), c.attr("ver")) else {
+        return;
+    };
+    let caps = &ctx.state.caps;
+    let known = caps
+        .known
+        .read()
+        .ok()
+        .and_then(|known| known.get(ver).cloned());
+    if let Some(notify) = known {
+        return learnt(ctx, notify).await;
+    }
+    let id = format!("{ID_PREFIX}{}", caps.ids.fetch_add(1, Ordering::Relaxed));
+    {
+        let Ok(mut asked) = caps.asked.lock() else {
+            return;
+        };
+        if asked.len() >= MAX_ASKED {
+            return;
+        }
+        asked.insert(
+            id.clone(),
+            Asked {
+                session: ctx.handle.id,
+                ver: ver.to_string(),
+                verifiable: c.attr("hash") == Some("sha-1"),
+            },
+        );
+    }
+    let mut query = Element::bare("query", ns::DISCO_INFO);
+    set_attr(&mut query, "node", &format!("{node}#{ver}"));
+    let mut iq = Element::bare("iq", ns::CLIENT);
+    set_attr(&mut iq, "type", "get");
+    set_attr(&mut iq, "id", &id);
+    set_attr(&mut iq, "from", &ctx.state.domain);
+    set_attr(&mut iq, "to", ctx.jid.as_str());
+    iq.append_child(query);
+    ctx.handle
+        .send(Outbound::Stanza(Bytes::from(xml::serialize(&iq))))
+        .await;
+}
+
+/// An answer to one of the server's disco#info questions (a result or an error).
+pub async fn answer(ctx: &SessionCtx, iq: &Element) {
+    let Some(id) = iq.attr("id") else { return };
+    let asked = ctx
+        .state
+        .caps
+        .asked
+        .lock()
+        .ok()
+        .and_then(|mut asked| asked.remove(id));
+    // Only the session that was asked may answer.
+    let Some(asked) = asked.filter(|a| a.session == ctx.handle.id) else {
+        return;
+    };
+    let Some(result) = iq
+        .get_child("query", ns::DISCO_INFO)
+        .filter(|_| iq.attr("type") == Some("result"))
+        .and_then(|q| DiscoInfoResult::try_from(q.clone()).ok())
+    else {
+        return;
+    };
+    let notify = Arc::new(Notify::from_features(
+        result.features.iter().map(String::as_str),
+    ));
+    // A verified ver names this feature set for everyone; an unverified one only this session.
+    if asked.verifiable && verifies(&result, &asked.ver) {
+        if let Ok(mut known) = ctx.state.caps.known.write() {
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(asked.ver, notify.clone());
+        }
+    }
+    learnt(ctx, notify).await;
+}
+
+/// XEP-0115 §5: the ver is the SHA-1 of the disco#info verification string.
+fn verifies(result: &DiscoInfoResult, ver: &str) -> bool {
+    let data = xmpp_parsers::caps::compute_disco(result);
+    xmpp_parsers::caps::hash_caps(&data, Algo::Sha_1)
+        .map(|hash| base64::engine::general_purpose::STANDARD.encode(hash.hash) == ver)
+        .unwrap_or(false)
+}
+
+async fn learnt(ctx: &SessionCtx, notify: Arc<Notify>) {
+    if ctx.handle.presence.set_notify(notify.clone()) {
+        // What it now wants to hear of: the last item of each such node it may see.
+        super::pep::last_items(&ctx.state, &ctx.handle, &notify).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_nodes_come_from_features() {
+        let n = Notify::from_features([
+            "urn:xmpp:avatar:metadata+notify",
+            "http://jabber.org/protocol/disco#info",
+            "eu.siacs.conversations.axolotl.devicelist+notify",
+            "+notify",
+        ]);
+        assert!(n.wants("urn:xmpp:avatar:metadata"));
+        assert!(n.wants("eu.siacs.conversations.axolotl.devicelist"));
+        assert!(!n.wants("http://jabber.org/protocol/disco#info"));
+        assert_eq!(n.nodes().len(), 2);
+    }
+
+    #[test]
+    fn the_xep_example_ver_verifies() {
+        // XEP-0115 §5.2's simple example.
+        let result = DiscoInfoResult {
+            node: None,
+            identities: vec![xmpp_parsers::disco::Identity::new(
+                "client",
+                "pc",
+                "",
+                "Exodus 0.9.1",
+            )],
+            features: [
+                "http://jabber.org/protocol/caps",
+                "http://jabber.org/protocol/disco#info",
+                "http://jabber.org/protocol/disco#items",
+                "http://jabber.org/protocol/muc",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            extensions: vec![],
+        };
+        assert!(verifies(&result, "QgayPKawpkPSDYmwT/WM94uAlu0="));
+        assert!(!verifies(&result, "AAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+    }
+}
