@@ -411,10 +411,11 @@ impl Config {
         parse_age(&self.archive.expire_after).map_err(|m| ("[archive] expire_after", m))?;
         parse_listen(&self.http.listen).map_err(|m| ("[http] listen", m))?;
         let public = self.http.public_url.trim_end_matches('/');
-        if !(public.is_empty() || public.starts_with("https://") || public.starts_with("http://")) {
+        // XEP-0363 §4: the URLs handed out must be HTTPS (a TLS-terminating proxy is fine).
+        if !(public.is_empty() || public.starts_with("https://")) {
             return Err((
                 "[http] public_url",
-                format!("'{public}' is not an http(s) URL such as \"https://files.example.org\""),
+                format!("'{public}' is not an https URL such as \"https://files.example.org\""),
             ));
         }
         let upload = self.upload_domain();

@@ -119,6 +119,16 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         config.upload.clone(),
     );
     let http_tls = crate::transport::http::tls_config(&tls_config);
+    // Before anything can upload: what a stop left half done goes.
+    let (uploads, dir) = (stores.uploads.clone(), config.upload_dir());
+    match tokio::task::spawn_blocking(move || crate::modules::upload::sweep(uploads.as_ref(), &dir))
+        .await
+    {
+        Ok(Ok(0)) => {}
+        Ok(Ok(deleted)) => tracing::info!(deleted, "deleted stray files in the upload directory"),
+        Ok(Err(err)) => tracing::error!(error = %err, "cannot sweep the upload directory"),
+        Err(err) => tracing::error!(error = %err, "the upload sweep failed"),
+    }
 
     let muc = crate::modules::muc::Service::new(
         config.muc_domain(),

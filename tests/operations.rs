@@ -41,6 +41,8 @@ shutdown_timeout = 5
 [c2s]
 listen = "127.0.0.1:0"
 direct_tls_listen = "127.0.0.1:0"
+[http]
+listen = "127.0.0.1:0"
 [tls]
 cert = "{cert}"
 key = "{key}"

@@ -177,8 +177,9 @@ async fn a_png_goes_up_and_comes_back_byte_for_byte() {
     assert_eq!(stored.status, 201, "{}", stored.text());
     assert_eq!(stored.header("access-control-allow-origin"), Some("*"));
 
-    let got = fetch(&server, &slot.get, &[]).await;
+    let got = fetch(&server, &slot.get, &[("origin", "https://web.example")]).await;
     assert_eq!(got.status, 200);
+    assert_eq!(got.header("access-control-allow-origin"), Some("*"));
     assert_eq!(got.body, PNG, "byte-identical");
     assert_eq!(got.header("content-type"), Some("image/png"));
     assert_eq!(
@@ -252,6 +253,22 @@ async fn a_png_goes_up_and_comes_back_byte_for_byte() {
         .unwrap()
         .contains("Authorization"));
 
+    // Active content is never shown by a browser from here: a download, under a strict CSP.
+    let page = b"<html><script>alert(1)</script></html>";
+    let asked = ask(&mut alice, "page.html", page.len(), "text/html", "").await;
+    let html = slot_of(&server, &asked);
+    assert_eq!(put(&server, &html, page, "text/html").await.status, 201);
+    let got = fetch(&server, &html.get, &[]).await;
+    assert_eq!(got.header("content-type"), Some("text/html"));
+    assert!(got
+        .header("content-disposition")
+        .unwrap()
+        .starts_with("attachment"));
+    assert!(got
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'none'"));
+
     // Files survive a restart (the listener's port changes with it: the path is what counts).
     let server = TestServer::restart(server);
     let got = fetch(&server, &slot.get, &[]).await;
@@ -308,6 +325,7 @@ async fn slot_requests_that_cannot_be_served_are_refused_with_the_right_error() 
         (format!("<request xmlns='{UPLOAD}' filename='x.txt'/>"), "no size"),
         (format!("<request xmlns='{UPLOAD}' filename='x.txt' size='many'/>"), "size not a number"),
         (format!("<request xmlns='{UPLOAD}' filename='x.txt' size='-3'/>"), "negative size"),
+        (format!("<request xmlns='{UPLOAD}' filename='x.txt' size='0'/>"), "nothing to upload"),
         (format!("<request xmlns='{UPLOAD}' size='10'/>"), "no filename"),
         (format!("<request xmlns='{UPLOAD}' filename='../' size='10'/>"), "nothing left of the name"),
         (format!("<request xmlns='{UPLOAD}' filename='x.txt' size='10' content-type='text'/>"), "content type not a media type"),
@@ -357,7 +375,7 @@ async fn slot_requests_that_cannot_be_served_are_refused_with_the_right_error() 
 
 #[tokio::test]
 async fn puts_and_gets_that_do_not_match_a_slot_are_refused() {
-    let server = server("[upload]\nslot_timeout = 2\n");
+    let server = server("[upload]\nslot_timeout = 4\n");
     let mut alice = Client::bound_with(&server, "alice", PASSWORD, "phone").await;
     let addr = http(&server);
     let bytes = b"hello, file".to_vec();
@@ -445,21 +463,31 @@ async fn puts_and_gets_that_do_not_match_a_slot_are_refused() {
     assert_eq!(retry.status, 201, "{}", retry.text());
     assert_eq!(fetch(&server, &cut.get, &[]).await.body, vec![7u8; 4096]);
 
-    // A slot lapses.
+    // One PUT at a time: a second one while the first is under way is refused, the first ends well.
+    let busy = slot_for(&server, &mut alice, "busy.bin", 10).await;
+    let mut first = start_put(addr, &busy, 10, 4).await;
+    let second = put(&server, &busy, &[2u8; 10], "application/octet-stream").await;
+    assert_eq!(second.status, 409, "{}", second.text());
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        first.write_all(&[1u8; 6]).await.unwrap();
+        first.flush().await.unwrap();
+        let mut head = [0u8; 12];
+        first.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 201", "{}", String::from_utf8_lossy(&head));
+    }
+    assert_eq!(fetch(&server, &busy.get, &[]).await.body, vec![1u8; 10]);
+
+    // A slot lapses: a late PUT is told so.
     let late = slot_for(&server, &mut alice, "late.bin", 3).await;
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let gone = put(&server, &late, b"abc", "application/octet-stream").await;
-    assert!(
-        matches!(gone.status, 404 | 410),
-        "{} {}",
-        gone.status,
-        gone.text()
-    );
+    assert_eq!(gone.status, 410, "{}", gone.text());
     assert_eq!(fetch(&server, &late.get, &[]).await.status, 404);
-    // Only the two stored files are on disk: no leftovers of the cut upload or the lapsed slot.
+    // Only the three stored files are on disk: no leftovers of the cut upload or the lapsed slot.
     let mut files = files_on_disk(&server);
     files.sort();
-    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files.len(), 3, "{files:?}");
     assert!(files.iter().all(|f| !f.ends_with(".part")), "{files:?}");
 }
 
@@ -478,6 +506,19 @@ async fn slot_for(server: &TestServer, c: &mut Client, name: &str, size: usize) 
 
 /// Starts a PUT of `size` bytes, sends `sent` of them and drops the connection.
 async fn cut_off(addr: std::net::SocketAddr, slot: &Slot, size: usize, sent: usize) {
+    let tls = start_put(addr, slot, size, sent).await;
+    drop(tls);
+    // The server notices the end of the connection and gives the slot back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Starts a PUT of `size` bytes over a raw connection and sends `sent` of them.
+async fn start_put(
+    addr: std::net::SocketAddr,
+    slot: &Slot,
+    size: usize,
+    sent: usize,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -490,9 +531,7 @@ async fn cut_off(addr: std::net::SocketAddr, slot: &Slot, size: usize, sent: usi
     tls.write_all(&vec![1u8; sent]).await.unwrap();
     tls.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(tls);
-    // The server notices the end of the connection and gives the slot back.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tls
 }
 
 #[tokio::test]
@@ -513,6 +552,39 @@ async fn files_follow_the_retention_of_chats_and_go_with_the_account() {
     .await;
     let avatar = slot_of(&server, &reply);
     assert_eq!(put(&server, &avatar, PNG, "image/png").await.status, 201);
+    let reply = ask(
+        &mut alice,
+        "blog.png",
+        PNG.len(),
+        "image/png",
+        "<permanent xmlns='urn:xmpp:http:upload:purpose:0'/>",
+    )
+    .await;
+    let permanent = slot_of(&server, &reply);
+    assert_eq!(put(&server, &permanent, PNG, "image/png").await.status, 201);
+    // Bob keeps his chats (XEP-0441 default "always"), but an ephemeral file of his goes at the
+    // time he named.
+    let mut bob = Client::bound_with(&server, "bob", PASSWORD, "phone").await;
+    let prefs = bob
+        .iq(
+            "set",
+            None,
+            "<prefs xmlns='urn:xmpp:mam:2' default='always'><always/><never/></prefs>",
+        )
+        .await;
+    assert_result(&prefs);
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let reply = ask(
+        &mut bob,
+        "story.png",
+        PNG.len(),
+        "image/png",
+        &format!("<ephemeral xmlns='urn:xmpp:http:upload:purpose:0' expire-before='{soon}'/>"),
+    )
+    .await;
+    let story = slot_of(&server, &reply);
+    assert_eq!(put(&server, &story, PNG, "image/png").await.status, 201);
     let cached = fetch(&server, &message.get, &[]).await;
     assert_eq!(cached.status, 200);
     let max_age: u64 = cached
@@ -528,23 +600,16 @@ async fn files_follow_the_retention_of_chats_and_go_with_the_account() {
 
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(fetch(&server, &message.get, &[]).await.status, 404);
+    assert_eq!(fetch(&server, &story.get, &[]).await.status, 404);
     assert_eq!(fetch(&server, &avatar.get, &[]).await.status, 200);
+    assert_eq!(fetch(&server, &permanent.get, &[]).await.status, 200);
     assert_eq!(
         files_on_disk(&server).len(),
-        1,
-        "the expired file is deleted from disk"
+        2,
+        "the expired files are deleted from disk"
     );
 
-    // Bob keeps his chats (XEP-0441 default "always"): his files stay like his messages.
-    let mut bob = Client::bound_with(&server, "bob", PASSWORD, "phone").await;
-    let prefs = bob
-        .iq(
-            "set",
-            None,
-            "<prefs xmlns='urn:xmpp:mam:2' default='always'><always/><never/></prefs>",
-        )
-        .await;
-    assert_result(&prefs);
+    // Bob's other files stay like his messages.
     let kept = slot(&server, &mut bob, "kept.png", PNG, "image/png").await;
     assert_eq!(put(&server, &kept, PNG, "image/png").await.status, 201);
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -555,6 +620,7 @@ async fn files_follow_the_retention_of_chats_and_go_with_the_account() {
     let (ok, out, err) = server.cli(&["user", "del", "alice@localhost"]);
     assert!(ok, "{out} {err}");
     assert_eq!(fetch(&server, &avatar.get, &[]).await.status, 404);
+    assert_eq!(fetch(&server, &permanent.get, &[]).await.status, 404);
     assert_eq!(
         fetch(&server, &kept.get, &[]).await.status,
         200,

@@ -280,7 +280,8 @@ impl UploadRecord {
     /// when it has surely died (a day on), a file when it expires.
     pub fn due(&self) -> Option<u64> {
         match &self.state {
-            UploadState::Slot { until, .. } => Some(*until),
+            // A lapsed slot stays a minute, so that a late PUT learns it lapsed (410).
+            UploadState::Slot { until, .. } => Some(until.saturating_add(60)),
             UploadState::Receiving { since } => Some(since.saturating_add(86_400)),
             UploadState::Stored { .. } => self.expires,
         }
@@ -302,6 +303,13 @@ pub trait UploadStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Removes a record and its index entries; the record that was there, if any.
     fn remove_upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError>;
+    /// Removes the record if it still is `old` (compare-and-remove); false otherwise.
+    fn remove_upload_if(&self, id: &str, old: &UploadRecord) -> Result<bool, StoreError>;
+    /// Calls `visit` with every record, in id order.
+    fn each_upload(
+        &self,
+        visit: &mut dyn FnMut(&str, &UploadRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     /// Every record of one owner.
     fn uploads_of(&self, owner: &BareJid) -> Result<Vec<(String, UploadRecord)>, StoreError>;
     /// Up to `limit` ids whose record must be looked at by `now` (Unix seconds): expired files and

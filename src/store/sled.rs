@@ -917,6 +917,35 @@ impl UploadStore for SledBackend {
         Ok(Some(record))
     }
 
+    fn remove_upload_if(&self, id: &str, old: &UploadRecord) -> Result<bool, StoreError> {
+        let removed = self
+            .uploads
+            .compare_and_swap(id, Some(encode_upload(old)?), None as Option<&[u8]>)
+            .map_err(backend)?
+            .is_ok();
+        if removed {
+            self.uploads_owner
+                .remove(owner_key(&old.owner, id))
+                .map_err(backend)?;
+            if let Some(due) = old.due() {
+                self.uploads_due.remove(due_key(due, id)).map_err(backend)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn each_upload(
+        &self,
+        visit: &mut dyn FnMut(&str, &UploadRecord) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for entry in self.uploads.iter() {
+            let (key, value) = entry.map_err(backend)?;
+            let id = String::from_utf8_lossy(&key);
+            visit(&id, &decode_upload(&id, &value)?)?;
+        }
+        Ok(())
+    }
+
     fn uploads_of(&self, owner: &BareJid) -> Result<Vec<(String, UploadRecord)>, StoreError> {
         let prefix = owner_key(owner.as_str(), "");
         let mut found = Vec::new();

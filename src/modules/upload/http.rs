@@ -132,7 +132,7 @@ async fn upload(
             "the Authorization header of the slot is missing or wrong",
         );
     }
-    if *until < now() {
+    if now() >= *until {
         return plain(StatusCode::GONE, "this slot has lapsed; request a new one");
     }
     let length = headers
@@ -206,13 +206,31 @@ async fn upload(
                 },
                 ..record.clone()
             };
-            let saved = state
-                .stores
-                .uploads
-                .replace_upload(&id, &receiving, &stored);
+            // The account may have been deleted while the bytes came: then they must not stay.
+            let exists = match jid::BareJid::new(&record.owner) {
+                Ok(owner) => state.accounts.exists(&owner),
+                Err(_) => Ok(false),
+            };
+            let saved = match exists {
+                Ok(true) => state
+                    .stores
+                    .uploads
+                    .replace_upload(&id, &receiving, &stored),
+                Ok(false) => Ok(false),
+                Err(e) => Err(e),
+            };
             let durable = match saved {
-                Ok(true) => state.stores.flush().await.map_err(|e| e.to_string()),
-                Ok(false) => Err("the record changed during the upload".into()),
+                Ok(true) => match state.stores.flush().await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let _ = state.stores.uploads.remove_upload_if(&id, &stored);
+                        Err(e.to_string())
+                    }
+                },
+                Ok(false) => {
+                    let _ = state.stores.uploads.remove_upload_if(&id, &receiving);
+                    Err("the account or the record went during the upload".into())
+                }
                 Err(e) => Err(e.to_string()),
             };
             match durable {
@@ -243,6 +261,11 @@ async fn upload(
     }
 }
 
+/// How long a PUT may go without sending anything.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest a cache is told to keep a file, in seconds.
+const MAX_CACHE_AGE: u64 = 86_400;
+
 struct Failure {
     status: StatusCode,
     text: String,
@@ -268,7 +291,18 @@ async fn receive(
     let mut file = tokio::fs::File::create(&partial).await.map_err(io)?;
     let mut hash = sha2::Sha256::new();
     let mut received: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A client that stops sending holds a connection: it gets a while, not forever.
+        let frame = match tokio::time::timeout(BODY_TIMEOUT, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(Failure {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    text: format!("nothing arrived for {} seconds", BODY_TIMEOUT.as_secs()),
+                })
+            }
+        };
         let frame = frame.map_err(|e| Failure {
             status: StatusCode::BAD_REQUEST,
             text: format!("the upload was interrupted: {e}"),
@@ -330,8 +364,11 @@ async fn download(
     cors(&mut common);
     common.insert(header::ETAG, header_value(&etag));
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    // The content at a URL never changes: caches may keep it as long as the file lives.
-    let max_age = record.expires.map_or(31_536_000, |e| e.saturating_sub(now));
+    // The content at a URL never changes, but the file may be deleted (with its account): caches
+    // keep it a day at most, and never beyond its expiry.
+    let max_age = record
+        .expires
+        .map_or(MAX_CACHE_AGE, |e| e.saturating_sub(now).min(MAX_CACHE_AGE));
     common.insert(
         header::CACHE_CONTROL,
         header_value(&format!("public, max-age={max_age}, immutable")),

@@ -56,8 +56,10 @@ pub const MODULE: Module = Module {
     )],
 };
 
-/// Slots one user may hold unused at once; more requests wait until some lapse.
+/// Slots one user may hold unused (or being uploaded) at once; more requests wait.
 const MAX_OPEN_SLOTS: usize = 64;
+/// Files one user may keep, whatever their size (records and files on disk cost too).
+const MAX_FILES: usize = 10_000;
 /// Longest file name kept, in bytes (the ending is kept intact).
 const MAX_FILENAME: usize = 200;
 /// The path under which files are put and fetched.
@@ -244,6 +246,9 @@ fn read_request(payload: &Element) -> Result<Request, StanzaError> {
         .ok_or_else(|| bad_request("the request has no size"))?
         .parse::<u64>()
         .map_err(|_| bad_request("the size is not a number of bytes"))?;
+    if size == 0 {
+        return Err(bad_request("the size must be at least one byte"));
+    }
     let content_type = match payload.attr("content-type").map(str::trim) {
         None | Some("") => "application/octet-stream".to_string(),
         Some(value) if is_media_type(value) => value.to_string(),
@@ -362,12 +367,19 @@ fn slot(state: &ServerState, payload: &Element, owner: &BareJid) -> Result<Eleme
     let open: Vec<&UploadRecord> = held
         .iter()
         .map(|(_, r)| r)
-        .filter(|r| matches!(r.state, UploadState::Slot { .. }))
+        .filter(|r| !matches!(r.state, UploadState::Stored { .. }))
         .collect();
     if open.len() >= MAX_OPEN_SLOTS {
         let next = open.iter().filter_map(|r| r.due()).min();
         return Err(wait(
             format!("Too many unused slots ({MAX_OPEN_SLOTS}); use or let some lapse first"),
+            next,
+        ));
+    }
+    if held.len() >= MAX_FILES {
+        let next = held.iter().filter_map(|(_, r)| r.due()).min();
+        return Err(wait(
+            format!("Too many files ({MAX_FILES}) are kept for this account"),
             next,
         ));
     }
@@ -447,20 +459,9 @@ fn random_token(bytes: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// Deletes lapsed slots and expired files, and at start the leftovers of PUTs a stop interrupted
-/// and files whose record is gone (a crash between the two deletions).
+/// Deletes lapsed slots and expired files, also while the service is off (files uploaded before
+/// keep their retention).
 pub async fn expire(state: Arc<ServerState>) {
-    if state.upload.listed().is_none() {
-        return;
-    }
-    let dir = state.upload.dir.clone();
-    let store = state.stores.uploads.clone();
-    match tokio::task::spawn_blocking(move || sweep(store.as_ref(), &dir)).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(deleted)) => tracing::info!(deleted, "deleted uploaded files left without a record"),
-        Ok(Err(err)) => tracing::error!(error = %err, "cannot sweep the upload directory"),
-        Err(err) => tracing::error!(error = %err, "the upload sweep failed"),
-    }
     let config = &state.config;
     let shortest = [
         Some(Duration::from_secs(config.upload.slot_timeout)),
@@ -489,14 +490,18 @@ pub async fn expire(state: Arc<ServerState>) {
     }
 }
 
-/// Deletes every record due by `now` and its file; returns how many went.
+/// Deletes every record due by `now` and its file; returns how many went. A record that changed
+/// since it was found due (a PUT that just claimed its slot) is left alone.
 pub fn expire_due(store: &dyn UploadStore, dir: &Path, now: u64) -> Result<usize, StoreError> {
     const BATCH: usize = 256;
     let mut deleted = 0;
     loop {
         let due = store.uploads_due(now, BATCH)?;
         for id in &due {
-            if store.remove_upload(id)?.is_some() {
+            let Some(record) = store.upload(id)? else {
+                continue;
+            };
+            if record.due().is_some_and(|due| due <= now) && store.remove_upload_if(id, &record)? {
                 delete_file(dir, id);
                 deleted += 1;
             }
@@ -507,9 +512,20 @@ pub fn expire_due(store: &dyn UploadStore, dir: &Path, now: u64) -> Result<usize
     }
 }
 
-/// Deletes files in the upload directory that have no stored record, and every `.part` file of
-/// a PUT that a stop interrupted (its slot is given back to lapse).
-fn sweep(store: &dyn UploadStore, dir: &Path) -> Result<usize, StoreError> {
+/// At start, before the HTTPS server takes requests: forgets the PUTs a stop interrupted (their
+/// clients saw the connection fail and ask for a new slot), and deletes files that have no stored
+/// record (a crash between the two deletions) and every `.part` file.
+pub fn sweep(store: &dyn UploadStore, dir: &Path) -> Result<usize, StoreError> {
+    let mut interrupted = Vec::new();
+    store.each_upload(&mut |id, record| {
+        if matches!(record.state, UploadState::Receiving { .. }) {
+            interrupted.push((id.to_string(), record.clone()));
+        }
+        Ok(())
+    })?;
+    for (id, record) in &interrupted {
+        store.remove_upload_if(id, record)?;
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
