@@ -71,7 +71,11 @@ struct Asked {
     session: u64,
     ver: String,
     verifiable: bool,
+    at: std::time::Instant,
 }
+
+/// How long a question is remembered: clients answer within seconds or never.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Known feature sets and questions in flight.
 #[derive(Default)]
@@ -104,7 +108,11 @@ pub async fn presence(ctx: &SessionCtx, presence: &Element) {
             return;
         };
         if asked.len() >= MAX_ASKED {
-            return;
+            // Questions never answered (sessions gone, clients that ignore them) make room.
+            asked.retain(|_, a| a.at.elapsed() < ANSWER_WITHIN);
+            if asked.len() >= MAX_ASKED {
+                return;
+            }
         }
         asked.insert(
             id.clone(),
@@ -112,6 +120,7 @@ pub async fn presence(ctx: &SessionCtx, presence: &Element) {
                 session: ctx.handle.id,
                 ver: ver.to_string(),
                 verifiable: c.attr("hash") == Some("sha-1"),
+                at: std::time::Instant::now(),
             },
         );
     }

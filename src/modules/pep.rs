@@ -63,7 +63,7 @@ pub const MODULE: Module = Module {
         ),
         Spec::xep(
             60,
-            "1.26.0",
+            "1.30.0",
             Support::Partial,
             "the PEP subset: publish (with publish-options), retract, items (by id, max_items), create, configure, delete, purge, node disco; access models open, presence and whitelist; no explicit subscriptions, no collections, no pubsub service of its own",
         ),

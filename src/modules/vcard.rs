@@ -12,12 +12,20 @@ pub const MODULE: Module = Module {
     disco_features: &[ns::VCARD],
     account_features: &[],
     stream_features: &[],
-    specs: &[Spec::xep(
-        54,
-        "1.3.0",
-        Support::Complete,
-        "vCards stored as sent; anyone may read, only the owner may write",
-    )],
+    specs: &[
+        Spec::xep(
+            54,
+            "1.3.0",
+            Support::Complete,
+            "vCards stored as sent; anyone may read, only the owner may write",
+        ),
+        Spec::xep(
+            153,
+            "1.1.1",
+            Support::Complete,
+            "the server's part: vCard photos stored and served, presence photo hashes passed on unchanged",
+        ),
+    ],
 };
 
 const KEY: &str = "vcard-temp";
