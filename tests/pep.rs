@@ -331,6 +331,41 @@ async fn the_last_item_reaches_a_session_when_its_interest_becomes_known() {
     let mut carol = Client::bound_with(&server, "carol", PASSWORD, "phone").await;
     let got = items(&mut carol, Some(&alice_bare), DEVICES, "").await;
     assert_eq!(item_ids(&got), vec!["current"]);
+
+    // A new subscriber gets the last items when the owner approves (XEP-0163 §4.3.3).
+    let mut carol = online_with_caps(&server, "carol", "laptop", &wants).await;
+    carol.settle_and_clear().await;
+    alice.settle_and_clear().await;
+    carol
+        .send(&format!("<presence type='subscribe' to='{alice_bare}'/>"))
+        .await;
+    let carol_bare = carol.bare.clone();
+    alice
+        .wait("carol's request", |el| {
+            presence_is(el, Some("subscribe"), &carol_bare)
+        })
+        .await;
+    alice
+        .send(&format!("<presence type='subscribed' to='{carol_bare}'/>"))
+        .await;
+    carol
+        .wait("alice's device list on approval", |el| {
+            event_of(el, &alice_bare, DEVICES).is_some()
+        })
+        .await;
+
+    // Going unavailable and available again brings the last items again.
+    bob.send("<presence type='unavailable'/>").await;
+    bob.settle_and_clear().await;
+    bob.send(&format!(
+        "<presence><c xmlns='{CAPS}' hash='sha-1' node='https://rookery.test' ver='{}'/></presence>",
+        ver(&wants)
+    ))
+    .await;
+    bob.wait("the device list after coming back", |el| {
+        event_of(el, &alice_bare, DEVICES).is_some()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -576,24 +611,46 @@ async fn pubsub_requests_that_cannot_be_served_get_the_right_error() {
         let (defined, specific) = pubsub_condition(&reply);
         assert_eq!((defined.as_str(), specific.as_deref()), expected, "{payload}");
     }
-    let reply = publish(
-        &mut alice,
-        "n",
-        "1",
-        "<a xmlns='urn:a'/>",
-        &[("pubsub#access_model", "authorize")],
-    )
-    .await;
-    assert_eq!(pubsub_condition(&reply).0, "not-acceptable");
-    let reply = publish(
-        &mut alice,
-        "n",
-        "1",
-        "<a xmlns='urn:a'/>",
-        &[("pubsub#max_items", "lots")],
-    )
-    .await;
-    assert_eq!(pubsub_condition(&reply).0, "not-acceptable");
+    // Options the service cannot meet fail the precondition (XEP-0060 §7.1.5).
+    for option in [
+        ("pubsub#access_model", "authorize"),
+        ("pubsub#max_items", "lots"),
+    ] {
+        let reply = publish(&mut alice, "n", "1", "<a xmlns='urn:a'/>", &[option]).await;
+        assert_eq!(
+            pubsub_condition(&reply),
+            (
+                "conflict".to_string(),
+                Some("precondition-not-met".to_string())
+            ),
+            "{option:?}"
+        );
+    }
+    // Creating or configuring with an access model not offered (§8.1.3), or with no name (§8.1.2).
+    let reply = alice
+        .iq("set", None, &format!("<pubsub xmlns='{PUBSUB}'><create node='urn:example:y'/><configure><x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>roster</value></field></x></configure></pubsub>"))
+        .await;
+    assert_eq!(
+        pubsub_condition(&reply),
+        (
+            "not-acceptable".to_string(),
+            Some("unsupported-access-model".to_string())
+        )
+    );
+    let reply = alice
+        .iq(
+            "set",
+            None,
+            &format!("<pubsub xmlns='{PUBSUB}'><create/></pubsub>"),
+        )
+        .await;
+    assert_eq!(
+        pubsub_condition(&reply),
+        (
+            "not-acceptable".to_string(),
+            Some("nodeid-required".to_string())
+        )
+    );
     // Nothing was created by the refused publishes.
     let reply = items(&mut alice, None, "n", "").await;
     assert_eq!(pubsub_condition(&reply).0, "item-not-found");

@@ -36,77 +36,113 @@ pub const MODULE: Module = Module {
     )],
 };
 
-/// Feature sets remembered by `ver`; past this the cache starts again.
-const MAX_KNOWN: usize = 10_000;
-/// Questions awaiting an answer; past this new ones are not asked until answers come.
+/// Feature sets remembered by `ver`; past this the least recently announced goes.
+const MAX_KNOWN: usize = 1_000;
+/// Questions awaiting an answer (one per session at most); past this, old ones make room.
 const MAX_ASKED: usize = 10_000;
+/// Nodes one feature set may ask notifications of, and their longest name, in bytes: real
+/// clients name a few dozen; a made-up feature set must not cost much memory.
+const MAX_NOTIFY: usize = 64;
+const MAX_NODE_NAME: usize = 256;
+/// Longest `ver` considered (a base64 SHA-1 is 28 bytes).
+const MAX_VER: usize = 128;
+/// How long a question is remembered: clients answer within seconds or never.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The nodes one session wants notifications of, sorted.
+/// The nodes one session wants notifications of, sorted, and the caps `ver` that said so.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Notify(Vec<String>);
+pub struct Notify {
+    ver: String,
+    nodes: Vec<String>,
+}
 
 impl Notify {
-    pub fn from_features<'a>(features: impl IntoIterator<Item = &'a str>) -> Notify {
+    pub fn from_features<'a>(ver: &str, features: impl IntoIterator<Item = &'a str>) -> Notify {
         let mut nodes: Vec<String> = features
             .into_iter()
             .filter_map(|f| f.strip_suffix("+notify"))
-            .filter(|node| !node.is_empty())
+            .filter(|node| !node.is_empty() && node.len() <= MAX_NODE_NAME)
             .map(str::to_string)
+            .take(MAX_NOTIFY)
             .collect();
         nodes.sort_unstable();
         nodes.dedup();
-        Notify(nodes)
+        Notify {
+            ver: ver.to_string(),
+            nodes,
+        }
     }
 
     pub fn wants(&self, node: &str) -> bool {
-        self.0.binary_search_by(|n| n.as_str().cmp(node)).is_ok()
+        self.nodes
+            .binary_search_by(|n| n.as_str().cmp(node))
+            .is_ok()
     }
 
     pub fn nodes(&self) -> &[String] {
-        &self.0
+        &self.nodes
     }
 }
 
 struct Asked {
-    session: u64,
+    id: String,
     ver: String,
     verifiable: bool,
     at: std::time::Instant,
 }
 
-/// How long a question is remembered: clients answer within seconds or never.
-const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Known feature sets and questions in flight.
+/// Known feature sets (with when each was last announced) and questions in flight, one per
+/// session at most.
 #[derive(Default)]
 pub struct Caps {
-    known: RwLock<HashMap<String, Arc<Notify>>>,
-    asked: Mutex<HashMap<String, Asked>>,
-    ids: AtomicU64,
+    known: RwLock<HashMap<String, (Arc<Notify>, AtomicU64)>>,
+    asked: Mutex<HashMap<u64, Asked>>,
+    clock: AtomicU64,
 }
 
 /// A session's available presence: learn what its caps say (at once if the `ver` is known).
-pub async fn presence(ctx: &SessionCtx, presence: &Element) {
+/// `initial`: the session just became available, so it gets the last items again.
+pub async fn presence(ctx: &SessionCtx, presence: &Element, initial: bool) {
     let Some(c) = presence.get_child("c", NS_CAPS) else {
         return;
     };
     let (Some(node), Some(ver)) = (c.attr("node"), c.attr("ver")) else {
         return;
     };
+    if ver.len() > MAX_VER || node.len() > MAX_NODE_NAME {
+        return;
+    }
+    // The usual case: the same caps as before (a status change).
+    if let Some(current) = ctx.handle.presence.notify().filter(|n| n.ver == ver) {
+        if initial {
+            super::pep::last_items(&ctx.state, &ctx.handle, &current).await;
+        }
+        return;
+    }
     let caps = &ctx.state.caps;
-    let known = caps
-        .known
-        .read()
-        .ok()
-        .and_then(|known| known.get(ver).cloned());
+    let known = caps.known.read().ok().and_then(|known| {
+        known.get(ver).map(|(notify, used)| {
+            used.store(
+                caps.clock.fetch_add(1, Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            notify.clone()
+        })
+    });
     if let Some(notify) = known {
         return learnt(ctx, notify).await;
     }
-    let id = format!("{ID_PREFIX}{}", caps.ids.fetch_add(1, Ordering::Relaxed));
+    let id = format!(
+        "{ID_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
+    );
     {
         let Ok(mut asked) = caps.asked.lock() else {
             return;
         };
+        if asked.get(&ctx.handle.id).is_some_and(|a| a.ver == ver) {
+            return;
+        }
         if asked.len() >= MAX_ASKED {
             // Questions never answered (sessions gone, clients that ignore them) make room.
             asked.retain(|_, a| a.at.elapsed() < ANSWER_WITHIN);
@@ -115,9 +151,9 @@ pub async fn presence(ctx: &SessionCtx, presence: &Element) {
             }
         }
         asked.insert(
-            id.clone(),
+            ctx.handle.id,
             Asked {
-                session: ctx.handle.id,
+                id: id.clone(),
                 ver: ver.to_string(),
                 verifiable: c.attr("hash") == Some("sha-1"),
                 at: std::time::Instant::now(),
@@ -140,15 +176,18 @@ pub async fn presence(ctx: &SessionCtx, presence: &Element) {
 /// An answer to one of the server's disco#info questions (a result or an error).
 pub async fn answer(ctx: &SessionCtx, iq: &Element) {
     let Some(id) = iq.attr("id") else { return };
-    let asked = ctx
-        .state
-        .caps
-        .asked
-        .lock()
-        .ok()
-        .and_then(|mut asked| asked.remove(id));
-    // Only the session that was asked may answer.
-    let Some(asked) = asked.filter(|a| a.session == ctx.handle.id) else {
+    // Only the session that was asked may answer, and only the question it was asked.
+    let asked =
+        ctx.state
+            .caps
+            .asked
+            .lock()
+            .ok()
+            .and_then(|mut asked| match asked.get(&ctx.handle.id) {
+                Some(a) if a.id == id => asked.remove(&ctx.handle.id),
+                _ => None,
+            });
+    let Some(asked) = asked else {
         return;
     };
     let Some(result) = iq
@@ -159,15 +198,25 @@ pub async fn answer(ctx: &SessionCtx, iq: &Element) {
         return;
     };
     let notify = Arc::new(Notify::from_features(
+        &asked.ver,
         result.features.iter().map(String::as_str),
     ));
     // A verified ver names this feature set for everyone; an unverified one only this session.
     if asked.verifiable && verifies(&result, &asked.ver) {
-        if let Ok(mut known) = ctx.state.caps.known.write() {
+        let caps = &ctx.state.caps;
+        if let Ok(mut known) = caps.known.write() {
             if known.len() >= MAX_KNOWN {
-                known.clear();
+                // The least recently announced goes.
+                if let Some(oldest) = known
+                    .iter()
+                    .min_by_key(|(_, (_, used))| used.load(Ordering::Relaxed))
+                    .map(|(ver, _)| ver.clone())
+                {
+                    known.remove(&oldest);
+                }
             }
-            known.insert(asked.ver, notify.clone());
+            let used = AtomicU64::new(caps.clock.fetch_add(1, Ordering::Relaxed));
+            known.insert(asked.ver, (notify.clone(), used));
         }
     }
     learnt(ctx, notify).await;
@@ -182,7 +231,8 @@ fn verifies(result: &DiscoInfoResult, ver: &str) -> bool {
 }
 
 async fn learnt(ctx: &SessionCtx, notify: Arc<Notify>) {
-    if ctx.handle.presence.set_notify(notify.clone()) {
+    // An answer that comes after the session went unavailable changes nothing.
+    if ctx.handle.presence.is_available() && ctx.handle.presence.set_notify(notify.clone()) {
         // What it now wants to hear of: the last item of each such node it may see.
         super::pep::last_items(&ctx.state, &ctx.handle, &notify).await;
     }
@@ -194,12 +244,15 @@ mod tests {
 
     #[test]
     fn notify_nodes_come_from_features() {
-        let n = Notify::from_features([
-            "urn:xmpp:avatar:metadata+notify",
-            "http://jabber.org/protocol/disco#info",
-            "eu.siacs.conversations.axolotl.devicelist+notify",
-            "+notify",
-        ]);
+        let n = Notify::from_features(
+            "v",
+            [
+                "urn:xmpp:avatar:metadata+notify",
+                "http://jabber.org/protocol/disco#info",
+                "eu.siacs.conversations.axolotl.devicelist+notify",
+                "+notify",
+            ],
+        );
         assert!(n.wants("urn:xmpp:avatar:metadata"));
         assert!(n.wants("eu.siacs.conversations.axolotl.devicelist"));
         assert!(!n.wants("http://jabber.org/protocol/disco#info"));

@@ -351,7 +351,14 @@ fn apply_form(base: &NodeConfig, form: &Element) -> Result<NodeConfig, StanzaErr
                     "open" => Access::Open,
                     "presence" => Access::Presence,
                     "whitelist" => Access::Whitelist,
-                    _ => return Err(bad("pubsub#access_model")),
+                    // XEP-0060 §8.1.3: roster and authorize are not offered.
+                    _ => return Err(pubsub_error(
+                        StanzaErrorCondition::NotAcceptable,
+                        "unsupported-access-model",
+                        &format!(
+                            "access model '{value}' is not supported: open, presence or whitelist"
+                        ),
+                    )),
                 }
             }
             "pubsub#max_items" => {
@@ -532,7 +539,7 @@ async fn publish(
         let mut node = match load(state, owner, &name)? {
             Some(node) => {
                 if let Some(options) = options {
-                    if !preconditions_hold(&node.config, options)? {
+                    if !preconditions_hold(&node.config, options).unwrap_or(false) {
                         return Err(pubsub_error(
                             StanzaErrorCondition::Conflict,
                             "precondition-not-met",
@@ -550,8 +557,15 @@ async fn publish(
                         format!("an account has at most {MAX_NODES} nodes"),
                     ));
                 }
+                // XEP-0060 §7.1.5: options the service cannot meet fail the precondition.
                 let config = match options {
-                    Some(options) => apply_form(&NodeConfig::default(), options)?,
+                    Some(options) => apply_form(&NodeConfig::default(), options).map_err(|e| {
+                        pubsub_error(
+                            StanzaErrorCondition::Conflict,
+                            "precondition-not-met",
+                            e.text.as_deref().unwrap_or("unsupported publish-options"),
+                        )
+                    })?,
                     None => NodeConfig::default(),
                 };
                 names.push(name.clone());
@@ -652,7 +666,14 @@ async fn create(
     create: &Element,
     form: Option<&Element>,
 ) -> IqResult {
-    let name = node_attr(create)?;
+    // XEP-0060 §8.1.2: PEP has no instant nodes.
+    let name = node_attr(create).map_err(|_| {
+        pubsub_error(
+            StanzaErrorCondition::NotAcceptable,
+            "nodeid-required",
+            "PEP nodes need a name",
+        )
+    })?;
     let config = match form {
         Some(form) => apply_form(&NodeConfig::default(), form)?,
         None => NodeConfig::default(),
@@ -892,15 +913,17 @@ async fn notify(
     }
     for account in accounts {
         for session in state.router.available(&account) {
-            if session.presence.notify().is_some_and(|n| n.wants(node)) {
+            let blocked = account != *owner
+                && super::blocking::blocks(state, owner, &Jid::from(session.jid.clone()));
+            if !blocked && session.presence.notify().is_some_and(|n| n.wants(node)) {
                 send_event(owner, &session, &event).await;
             }
         }
     }
 }
 
-/// A session's interests became known: the last item of each node it wants, from its own
-/// account and from every contact whose presence it receives, where it may see them.
+/// A session's interests became known (or it became available again): the last item of each
+/// node it wants, from its own account and from every contact whose presence it receives.
 pub async fn last_items(state: &ServerState, session: &SessionHandle, notify: &Notify) {
     if notify.nodes().is_empty() {
         return;
@@ -917,36 +940,64 @@ pub async fn last_items(state: &ServerState, session: &SessionHandle, notify: &N
         );
     }
     for owner in owners {
-        if owner != viewer
-            && (super::blocking::blocks(state, &owner, &Jid::from(viewer.clone()))
-                || super::blocking::blocks(state, &viewer, &Jid::from(owner.clone())))
-        {
-            continue;
-        }
-        let Ok(names) = node_names(state, &owner) else {
+        send_last(state, &owner, session, notify, SendLast::OnSubAndPresence).await;
+    }
+}
+
+/// The session's account just subscribed to `owner`'s presence (XEP-0163 §4.3.3): the last item
+/// of each of `owner`'s nodes the session wants.
+pub async fn last_items_of(
+    state: &ServerState,
+    owner: &BareJid,
+    session: &SessionHandle,
+    notify: &Notify,
+) {
+    send_last(state, owner, session, notify, SendLast::OnSub).await;
+}
+
+/// Sends `owner`'s last items to one session, for nodes it wants, may see, and whose
+/// send_last_published_item allows it on this occasion (`OnSub` covers both others).
+async fn send_last(
+    state: &ServerState,
+    owner: &BareJid,
+    session: &SessionHandle,
+    notify: &Notify,
+    occasion: SendLast,
+) {
+    let viewer = session.jid.to_bare();
+    if *owner != viewer
+        && (super::blocking::blocks(state, owner, &Jid::from(session.jid.clone()))
+            || super::blocking::blocks(state, &viewer, &Jid::from(owner.clone())))
+    {
+        return;
+    }
+    let Ok(names) = node_names(state, owner) else {
+        return;
+    };
+    for name in names.iter().filter(|name| notify.wants(name)) {
+        let Ok(Some(node)) = load(state, owner, name) else {
             continue;
         };
-        for name in names.iter().filter(|name| notify.wants(name)) {
-            let Ok(Some(node)) = load(state, &owner, name) else {
-                continue;
-            };
-            let visible = may_see(state, &owner, &viewer, node.config.access).unwrap_or(false);
-            let Some(last) = node.items.last().filter(|_| {
-                visible
-                    && node.config.send_last == SendLast::OnSubAndPresence
-                    && node.config.deliver_notifications
-            }) else {
-                continue;
-            };
-            let Ok(payload) = last.payload.parse::<Element>() else {
-                continue;
-            };
-            let mut item = Element::bare("item", NS_EVENT);
-            set_attr(&mut item, "id", &last.id);
-            set_attr(&mut item, "publisher", owner.as_str());
-            item.append_child(payload);
-            send_event(&owner, session, &items_event(name, vec![item])).await;
-        }
+        let allowed = match occasion {
+            SendLast::OnSub => node.config.send_last != SendLast::Never,
+            _ => node.config.send_last == SendLast::OnSubAndPresence,
+        };
+        let visible = may_see(state, owner, &viewer, node.config.access).unwrap_or(false);
+        let Some(last) = node
+            .items
+            .last()
+            .filter(|_| visible && allowed && node.config.deliver_notifications)
+        else {
+            continue;
+        };
+        let Ok(payload) = last.payload.parse::<Element>() else {
+            continue;
+        };
+        let mut item = Element::bare("item", NS_EVENT);
+        set_attr(&mut item, "id", &last.id);
+        set_attr(&mut item, "publisher", owner.as_str());
+        item.append_child(payload);
+        send_event(owner, session, &items_event(name, vec![item])).await;
     }
 }
 

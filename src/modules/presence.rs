@@ -207,7 +207,7 @@ async fn broadcast(ctx: &SessionCtx, presence: Element) -> Result<(), StoreError
         }
     }
     // What the client can do decides which PEP notifications it gets (XEP-0115, XEP-0163).
-    super::caps::presence(ctx, &presence).await;
+    super::caps::presence(ctx, &presence, initial).await;
     Ok(())
 }
 
@@ -559,6 +559,12 @@ async fn process_subscription(
                 inbound_subscribed(state, contact, user).await?;
                 // The contact now receives the user's presence (§3.1.5).
                 current_presence_to(state, user, &state.router.available(contact)).await;
+                // ...and is a new subscriber of the user's PEP nodes (XEP-0163 §4.3.3).
+                for session in state.router.available(contact) {
+                    if let Some(notify) = session.presence.notify() {
+                        super::pep::last_items_of(state, user, &session, &notify).await;
+                    }
+                }
             }
         }
         Subscribe::Unsubscribe => {
