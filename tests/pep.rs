@@ -557,6 +557,75 @@ async fn bookmarks_stay_private_and_publish_options_are_preconditions() {
         "{}",
         xml(&config)
     );
+    // XEP-0402 §compat: an old client sees the same bookmarks through private XML storage...
+    let features = phone
+        .iq(
+            "get",
+            Some(&alice_bare),
+            &format!("<query xmlns='{DISCO_INFO}'/>"),
+        )
+        .await;
+    assert!(
+        xml(&features).contains("urn:xmpp:bookmarks:1#compat"),
+        "{}",
+        xml(&features)
+    );
+    let legacy = phone
+        .iq(
+            "get",
+            None,
+            "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>",
+        )
+        .await;
+    assert_result(&legacy);
+    let storage = legacy
+        .get_child("query", "jabber:iq:private")
+        .and_then(|q| q.get_child("storage", "storage:bookmarks"))
+        .expect("<storage/>");
+    let jids: Vec<&str> = storage.children().filter_map(|c| c.attr("jid")).collect();
+    assert_eq!(
+        jids,
+        vec!["tea@conference.localhost", "chess@conference.localhost"]
+    );
+    assert!(
+        xml(&legacy).contains("<nick>alice</nick>"),
+        "{}",
+        xml(&legacy)
+    );
+    // ...and what it writes there is what new clients get: chess renamed, tea gone, go added.
+    laptop.settle_and_clear().await;
+    let written = phone
+        .iq(
+            "set",
+            None,
+            "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'><conference jid='chess@conference.localhost' name='Chess club' autojoin='true'><nick>alice</nick></conference><conference jid='go@conference.localhost' name='Go'/></storage></query>",
+        )
+        .await;
+    assert_result(&written);
+    let all = items(&mut laptop, None, BOOKMARKS, "").await;
+    assert_eq!(
+        item_ids(&all),
+        vec!["chess@conference.localhost", "go@conference.localhost"]
+    );
+    assert!(xml(&all).contains("Chess club"), "{}", xml(&all));
+    laptop
+        .wait("the retraction of tea", |el| {
+            event_of(el, &alice_bare, BOOKMARKS).is_some_and(|items| {
+                items
+                    .get_child("retract", EVENT)
+                    .is_some_and(|r| r.attr("id") == Some("tea@conference.localhost"))
+            })
+        })
+        .await;
+    laptop
+        .wait("the new go bookmark", |el| {
+            event_of(el, &alice_bare, BOOKMARKS).is_some_and(|items| {
+                items
+                    .get_child("item", EVENT)
+                    .is_some_and(|i| i.attr("id") == Some("go@conference.localhost"))
+            })
+        })
+        .await;
     // Restart: bookmarks and their configuration are kept.
     drop((phone, laptop, bob));
     let server = TestServer::restart(server);

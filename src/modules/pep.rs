@@ -27,6 +27,8 @@ pub const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
 const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const NS_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 const NS_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+pub const NS_BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
+pub const NS_LEGACY_BOOKMARKS: &str = "storage:bookmarks";
 
 pub const MODULE: Module = Module {
     name: "pep",
@@ -52,6 +54,7 @@ pub const MODULE: Module = Module {
         "http://jabber.org/protocol/pubsub#purge-nodes",
         "http://jabber.org/protocol/pubsub#retract-items",
         "http://jabber.org/protocol/pubsub#retrieve-items",
+        "urn:xmpp:bookmarks:1#compat",
     ],
     stream_features: &[],
     specs: &[
@@ -77,7 +80,7 @@ pub const MODULE: Module = Module {
             402,
             "1.2.0",
             Support::Complete,
-            "bookmarks as a whitelist PEP node with max_items max",
+            "bookmarks as a whitelist PEP node with max_items max; #compat: XEP-0048 bookmarks in private XML storage are read from and written to that node",
         ),
         Spec::xep(
             223,
@@ -352,13 +355,15 @@ fn apply_form(base: &NodeConfig, form: &Element) -> Result<NodeConfig, StanzaErr
                     "presence" => Access::Presence,
                     "whitelist" => Access::Whitelist,
                     // XEP-0060 §8.1.3: roster and authorize are not offered.
-                    _ => return Err(pubsub_error(
-                        StanzaErrorCondition::NotAcceptable,
-                        "unsupported-access-model",
-                        &format!(
+                    _ => {
+                        return Err(pubsub_error(
+                            StanzaErrorCondition::NotAcceptable,
+                            "unsupported-access-model",
+                            &format!(
                             "access model '{value}' is not supported: open, presence or whitelist"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
             "pubsub#max_items" => {
@@ -1051,4 +1056,156 @@ pub fn node_items(
         }
     }
     Ok(seen)
+}
+
+/// The configuration XEP-0402 gives the bookmarks node.
+fn bookmarks_config() -> NodeConfig {
+    NodeConfig {
+        access: Access::Whitelist,
+        max_items: MAX_ITEMS,
+        max_is_max: true,
+        persist_items: true,
+        send_last: SendLast::Never,
+        ..NodeConfig::default()
+    }
+}
+
+/// XEP-0402 §compat: the bookmarks node seen as a XEP-0048 `<storage/>` (none when the account
+/// has no bookmarks node yet, so that older private data still answers).
+pub fn legacy_bookmarks(
+    state: &ServerState,
+    owner: &BareJid,
+) -> Result<Option<Element>, StoreError> {
+    let Some(node) = load(state, owner, NS_BOOKMARKS)? else {
+        return Ok(None);
+    };
+    let mut storage = Element::bare("storage", NS_LEGACY_BOOKMARKS);
+    for item in &node.items {
+        let Ok(conference) = item.payload.parse::<Element>() else {
+            continue;
+        };
+        let mut legacy = Element::bare("conference", NS_LEGACY_BOOKMARKS);
+        set_attr(&mut legacy, "jid", &item.id);
+        for attr in ["name", "autojoin"] {
+            if let Some(value) = conference.attr(attr) {
+                set_attr(&mut legacy, attr, value);
+            }
+        }
+        for child in ["nick", "password"] {
+            if let Some(el) = conference.get_child(child, NS_BOOKMARKS) {
+                let mut copy = Element::bare(child, NS_LEGACY_BOOKMARKS);
+                copy.append_text(el.text());
+                legacy.append_child(copy);
+            }
+        }
+        storage.append_child(legacy);
+    }
+    Ok(Some(storage))
+}
+
+/// XEP-0402 §compat: a XEP-0048 `<storage/>` written through private XML storage replaces the
+/// bookmarks node's items; new and changed ones are published, missing ones retracted, each with
+/// its notification (unchanged ones are left alone, as §compat asks).
+pub async fn set_legacy_bookmarks(
+    state: &ServerState,
+    owner: &BareJid,
+    storage: &Element,
+) -> Result<(), StoreError> {
+    let mut wanted: Vec<Item> = Vec::new();
+    for conference in storage
+        .children()
+        .filter(|c| c.is("conference", NS_LEGACY_BOOKMARKS))
+    {
+        let Some(jid) = conference.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
+            continue;
+        };
+        let mut native = Element::bare("conference", NS_BOOKMARKS);
+        for attr in ["name", "autojoin"] {
+            if let Some(value) = conference.attr(attr) {
+                set_attr(&mut native, attr, value);
+            }
+        }
+        for child in ["nick", "password"] {
+            if let Some(el) = conference.get_child(child, NS_LEGACY_BOOKMARKS) {
+                let mut copy = Element::bare(child, NS_BOOKMARKS);
+                copy.append_text(el.text());
+                native.append_child(copy);
+            }
+        }
+        wanted.retain(|item| item.id != jid.as_str());
+        wanted.push(Item {
+            id: jid.to_string(),
+            payload: String::from_utf8(xml::serialize(&native)).unwrap_or_default(),
+        });
+    }
+    wanted.truncate(MAX_ITEMS);
+    let (config, published, retracted) = {
+        let _guard = state.pep_locks.lock(owner).await;
+        let mut names = node_names(state, owner)?;
+        let mut node = match load(state, owner, NS_BOOKMARKS)? {
+            Some(node) => node,
+            None => {
+                names.push(NS_BOOKMARKS.to_string());
+                save_names(state, owner, &names)?;
+                Node {
+                    config: bookmarks_config(),
+                    items: Vec::new(),
+                }
+            }
+        };
+        let retracted: Vec<String> = node
+            .items
+            .iter()
+            .filter(|old| !wanted.iter().any(|new| new.id == old.id))
+            .map(|old| old.id.clone())
+            .collect();
+        let published: Vec<Item> = wanted
+            .iter()
+            .filter(|new| !node.items.contains(new))
+            .cloned()
+            .collect();
+        node.items = wanted;
+        save(state, owner, NS_BOOKMARKS, &node)?;
+        (node.config, published, retracted)
+    };
+    state.stores.flush().await?;
+    if !config.deliver_notifications {
+        return Ok(());
+    }
+    for item in published {
+        let Ok(payload) = item.payload.parse::<Element>() else {
+            continue;
+        };
+        let mut el = Element::bare("item", NS_EVENT);
+        set_attr(&mut el, "id", &item.id);
+        set_attr(&mut el, "publisher", owner.as_str());
+        el.append_child(payload);
+        notify(
+            state,
+            owner,
+            NS_BOOKMARKS,
+            &config,
+            items_event(NS_BOOKMARKS, vec![el]),
+        )
+        .await;
+    }
+    if config.notify_retract && !retracted.is_empty() {
+        let retracts = retracted
+            .iter()
+            .map(|id| {
+                let mut r = Element::bare("retract", NS_EVENT);
+                set_attr(&mut r, "id", id);
+                r
+            })
+            .collect();
+        notify(
+            state,
+            owner,
+            NS_BOOKMARKS,
+            &config,
+            items_event(NS_BOOKMARKS, retracts),
+        )
+        .await;
+    }
+    Ok(())
 }

@@ -49,10 +49,19 @@ pub async fn handle(ctx: &SessionCtx, set: bool, payload: &Element) -> IqResult 
     }
     let values = &ctx.state.stores.values;
     if set {
+        let mut bookmarks = None;
         for child in &children {
+            // XEP-0402 §compat: old-style bookmarks live in the PEP node, shared with new clients.
+            if child.is("storage", super::pep::NS_LEGACY_BOOKMARKS) {
+                bookmarks = Some(*child);
+                continue;
+            }
             values.set_value(&user, &key(child), &xml::serialize(child))?;
         }
         ctx.state.stores.flush().await?;
+        if let Some(storage) = bookmarks {
+            super::pep::set_legacy_bookmarks(&ctx.state, &user, storage).await?;
+        }
         return Ok(None);
     }
     if children.len() != 1 {
@@ -62,6 +71,13 @@ pub async fn handle(ctx: &SessionCtx, set: bool, payload: &Element) -> IqResult 
         ));
     }
     let asked = children[0];
+    if asked.is("storage", super::pep::NS_LEGACY_BOOKMARKS) {
+        if let Some(storage) = super::pep::legacy_bookmarks(&ctx.state, &user)? {
+            let mut query = Element::bare("query", ns::PRIVATE);
+            query.append_child(storage);
+            return Ok(Some(query));
+        }
+    }
     let stored = values
         .get_value(&user, &key(asked))?
         .and_then(|bytes| String::from_utf8(bytes).ok())
