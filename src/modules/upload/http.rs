@@ -466,7 +466,10 @@ async fn download(
                 return plain(StatusCode::INTERNAL_SERVER_ERROR, "read failure");
             }
         }
-        Body::from_stream(tokio_util::io::ReaderStream::new(file.take(length)))
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            file.take(length),
+            256 * 1024,
+        ))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
