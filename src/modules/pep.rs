@@ -1110,7 +1110,7 @@ pub async fn set_legacy_bookmarks(
     state: &ServerState,
     owner: &BareJid,
     storage: &Element,
-) -> Result<(), StoreError> {
+) -> Result<(), StanzaError> {
     let mut wanted: Vec<Item> = Vec::new();
     for conference in storage
         .children()
@@ -1138,12 +1138,17 @@ pub async fn set_legacy_bookmarks(
             payload: String::from_utf8(xml::serialize(&native)).unwrap_or_default(),
         });
     }
-    wanted.truncate(MAX_ITEMS);
     let (config, published, retracted) = {
         let _guard = state.pep_locks.lock(owner).await;
         let mut names = node_names(state, owner)?;
         let mut node = match load(state, owner, NS_BOOKMARKS)? {
             Some(node) => node,
+            None if names.len() >= MAX_NODES => {
+                return Err(StanzaError::with_text(
+                    StanzaErrorCondition::NotAllowed,
+                    format!("an account has at most {MAX_NODES} nodes"),
+                ))
+            }
             None => {
                 names.push(NS_BOOKMARKS.to_string());
                 save_names(state, owner, &names)?;
@@ -1165,6 +1170,11 @@ pub async fn set_legacy_bookmarks(
             .cloned()
             .collect();
         node.items = wanted;
+        let keep = node.config.max_items.max(1);
+        if node.items.len() > keep {
+            let excess = node.items.len() - keep;
+            node.items.drain(..excess);
+        }
         save(state, owner, NS_BOOKMARKS, &node)?;
         (node.config, published, retracted)
     };
