@@ -48,6 +48,8 @@ pub struct ServerState {
     /// File sharing (XEP-0363) at `[upload] domain`.
     pub upload: crate::modules::upload::Service,
     pub started: Instant,
+    /// Connections held, all listeners together (`[server] max_connections`).
+    pub connections: Arc<Semaphore>,
     /// Becomes true when the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
     session_ids: AtomicU64,
@@ -161,11 +163,12 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         started: Instant::now(),
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),
+        connections: Arc::new(Semaphore::new(config.server.max_connections)),
         config,
     });
 
     let max = state.config.server.max_connections;
-    let limit = Arc::new(Semaphore::new(max));
+    let limit = state.connections.clone();
     let mut tasks = Vec::new();
     for (addr, direct_tls, key) in [
         (state.config.c2s_listen(), false, "[c2s] listen"),

@@ -124,6 +124,34 @@ async fn negotiate(
     } else {
         Transport::Plain(tcp)
     };
+    tracing::debug!(%peer, direct_tls, "connection opened");
+    negotiate_over(state, transport, peer, deadline).await
+}
+
+/// Serves a connection that arrived some other way (a WebSocket) to the end.
+pub async fn serve_transport(
+    state: Arc<ServerState>,
+    transport: Transport,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let deadline = Instant::now() + Duration::from_secs(state.config.c2s.auth_timeout);
+    tracing::debug!(%peer, "WebSocket connection opened");
+    let session = match Box::pin(negotiate_over(state.clone(), transport, peer, deadline)).await {
+        Some(bound) => Box::pin(crate::session::run(state, bound)),
+        None => return,
+    };
+    session.await;
+}
+
+/// Negotiation over an established transport.
+async fn negotiate_over(
+    state: Arc<ServerState>,
+    transport: Transport,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<Bound> {
     let tls = transport.is_tls();
     let channel_binding = transport.tls_exporter();
     let (read, write) = split(transport);
@@ -141,7 +169,6 @@ async fn negotiate(
         lang: "en".into(),
         auth_failures: 0,
     };
-    tracing::debug!(%peer, direct_tls, "connection opened");
     match negotiation.run().await {
         Ok(Some(bound)) => Some(bound),
         // The connection now belongs to a resumed session.

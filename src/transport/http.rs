@@ -25,7 +25,9 @@ pub fn tls_config(xmpp: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
 
 /// Every route the HTTPS server answers.
 pub fn app(state: Arc<ServerState>) -> axum::Router {
-    crate::modules::upload::http::routes().with_state(state)
+    crate::modules::upload::http::routes()
+        .merge(super::websocket::routes())
+        .with_state(state)
 }
 
 /// Accepts connections until shutdown.
@@ -66,11 +68,14 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            // The peer's address for handlers (ConnectInfo), as axum::serve would give it.
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(connection);
             let stopping = async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;

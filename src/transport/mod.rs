@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod tls;
+pub mod websocket;
 
 use std::io;
 use std::pin::Pin;
@@ -16,18 +17,22 @@ use tokio_rustls::server::TlsStream;
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// A stream carried by another protocol over TLS (RFC 7395 WebSocket), bridged in memory.
+    Bridged(tokio::io::DuplexStream),
 }
 
 impl Transport {
+    /// Whether the bytes are protected by TLS (a WebSocket arrives over HTTPS).
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+        matches!(self, Transport::Tls(_) | Transport::Bridged(_))
     }
 
     /// RFC 9266 `tls-exporter` channel-binding data, only on TLS 1.3 (for TLS 1.2 it is safe only with
     /// the extended master secret, which we do not check, so it is not offered there).
     pub fn tls_exporter(&self) -> Option<Vec<u8>> {
         match self {
-            Transport::Plain(_) => None,
+            // The WebSocket's TLS is not at hand here: no channel binding (no -PLUS mechanisms).
+            Transport::Plain(_) | Transport::Bridged(_) => None,
             Transport::Tls(tls) => {
                 let conn = tls.get_ref().1;
                 if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
@@ -50,6 +55,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Bridged(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -63,6 +69,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Bridged(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -70,6 +77,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Bridged(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -77,6 +85,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Bridged(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 
@@ -88,6 +97,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Bridged(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -95,6 +105,7 @@ impl AsyncWrite for Transport {
         match self {
             Transport::Plain(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
+            Transport::Bridged(s) => s.is_write_vectored(),
         }
     }
 }

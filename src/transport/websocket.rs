@@ -1,0 +1,393 @@
+//! XMPP over WebSocket (RFC 7395): the `/xmpp-websocket` route and a bridge that turns the
+//! framed protocol (one element per text frame, `<open/>` and `<close/>`) into the byte stream the
+//! rest of the server reads and writes, so that a browser's session is a session like any other:
+//! same negotiation, SASL, bind, stream management, CSI, limits and routing.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt as _, StreamExt as _};
+use minidom::Element;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+use crate::server::ServerState;
+
+pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+/// The WebSocket path (RFC 7395 leaves it to the server; XEP-0156 tells clients).
+pub const PATH: &str = "/xmpp-websocket";
+/// Bytes buffered between the bridge and the session, each way.
+const PIPE: usize = 64 * 1024;
+
+/// The route: a WebSocket upgrade with the `xmpp` subprotocol, anything else refused.
+pub fn routes() -> axum::Router<Arc<ServerState>> {
+    axum::Router::new().route(PATH, axum::routing::get(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [("upgrade", "websocket"), ("sec-websocket-protocol", "xmpp")],
+            "XMPP over WebSocket (RFC 7395): connect with a WebSocket client and the xmpp subprotocol\n",
+        )
+            .into_response();
+    };
+    // RFC 7395 §3.1: the client must offer the xmpp subprotocol.
+    let offered = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "xmpp");
+    if !offered {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the WebSocket subprotocol 'xmpp' is required (RFC 7395 §3.1)\n",
+        )
+            .into_response();
+    }
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    };
+    let max = state.config.c2s.max_stanza_size;
+    ws.protocols(["xmpp"])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            let (server_side, bridge_side) = tokio::io::duplex(PIPE);
+            let transport = super::Transport::Bridged(server_side);
+            tokio::spawn(crate::stream::serve_transport(
+                state, transport, peer, permit,
+            ));
+            bridge(socket, bridge_side).await;
+        })
+}
+
+/// Runs the bridge until either side ends.
+async fn bridge(socket: WebSocket, pipe: DuplexStream) {
+    let (mut to_client, mut from_client) = socket.split();
+    let (mut from_server, mut to_server) = tokio::io::split(pipe);
+    let inbound = async {
+        let mut opened = false;
+        while let Some(message) = from_client.next().await {
+            let text = match message {
+                Ok(Message::Text(text)) => text,
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                // RFC 7395 §3.2: XMPP goes in text frames only.
+                Ok(Message::Binary(_)) => return Some(Refusal::Binary),
+            };
+            match inbound_frame(text.as_str(), opened) {
+                Ok(bytes) => {
+                    opened = true;
+                    if to_server.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Err(refusal) => return Some(refusal),
+            }
+        }
+        let _ = to_server.shutdown().await;
+        None
+    };
+    let mut outbound = Box::pin(async {
+        let mut splitter = Splitter::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            splitter.push(&buf[..n]);
+            while let Some(frame) = splitter.next_frame() {
+                let closing = frame.ends_with("/>") && frame.starts_with("<close ");
+                if to_client.send(Message::Text(frame.into())).await.is_err() {
+                    return;
+                }
+                if closing {
+                    let _ = to_client
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 1000,
+                            reason: "".into(),
+                        })))
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    let refusal = tokio::select! {
+        refusal = inbound => refusal,
+        () = &mut outbound => None,
+    };
+    drop(outbound);
+    if let Some(refusal) = refusal {
+        // The server's side of the stream is dropped with the pipe: the session ends as lost.
+        let (condition, code) = match refusal {
+            Refusal::Binary => ("unsupported-stanza-type", 1003),
+            Refusal::NotOneElement => ("not-well-formed", 1007),
+            Refusal::NoOpen => ("bad-format", 1002),
+        };
+        let error = format!(
+            "<stream:error xmlns:stream='{NS_STREAM}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+        );
+        let _ = to_client.send(Message::Text(error.into())).await;
+        let _ = to_client
+            .send(Message::Text(
+                format!("<close xmlns='{NS_FRAMING}'/>").into(),
+            ))
+            .await;
+        let _ = to_client
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: condition.into(),
+            })))
+            .await;
+    }
+}
+
+/// Why the bridge closed a client's stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    Binary,
+    NotOneElement,
+    NoOpen,
+}
+
+/// One text frame from the client as stream bytes: `<open/>` becomes a stream header,
+/// `<close/>` the stream's end, any other frame must be exactly one element.
+fn inbound_frame(text: &str, opened: bool) -> Result<Vec<u8>, Refusal> {
+    let text = text.trim();
+    // Exactly one element: well-formed, and nothing after it.
+    if element_end(text.as_bytes()) != Some(text.len().saturating_sub(1)) {
+        return Err(Refusal::NotOneElement);
+    }
+    let element: Element = text.parse().map_err(|_| Refusal::NotOneElement)?;
+    if element.is("open", NS_FRAMING) {
+        let mut header = String::from(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'",
+        );
+        for name in ["to", "from", "version", "id"] {
+            if let Some(value) = element.attr(name) {
+                header.push_str(&format!(" {name}='{}'", escape(value)));
+            }
+        }
+        if let Some(lang) = raw_attr(text, "xml:lang") {
+            header.push_str(&format!(" xml:lang='{}'", escape(lang)));
+        }
+        header.push('>');
+        return Ok(header.into_bytes());
+    }
+    if !opened {
+        return Err(Refusal::NoOpen);
+    }
+    if element.is("close", NS_FRAMING) {
+        return Ok(b"</stream:stream>".to_vec());
+    }
+    Ok(text.as_bytes().to_vec())
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('&', "&amp;")
+        .replace('\'', "&apos;")
+        .replace('<', "&lt;")
+}
+
+/// Cuts the server's outbound byte stream into RFC 7395 frames: the stream header becomes
+/// `<open/>`, its end `<close/>`, and every top-level element a frame of its own, declaring the
+/// namespaces that the stream header declared for it.
+#[derive(Default)]
+struct Splitter {
+    buf: Vec<u8>,
+}
+
+impl Splitter {
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn next_frame(&mut self) -> Option<String> {
+        loop {
+            let start = self.buf.iter().position(|&b| b == b'<')?;
+            if start > 0 {
+                // Whitespace between elements.
+                self.buf.drain(..start);
+            }
+            let end = tag_end(&self.buf, 0)?;
+            let tag = &self.buf[..=end];
+            if tag.starts_with(b"<?") {
+                self.buf.drain(..=end);
+                continue;
+            }
+            if tag.starts_with(b"<stream:stream") {
+                let text = String::from_utf8_lossy(tag).into_owned();
+                self.buf.drain(..=end);
+                return Some(open_frame(&text));
+            }
+            if tag.starts_with(b"</stream:stream") {
+                self.buf.drain(..=end);
+                return Some(format!("<close xmlns='{NS_FRAMING}'/>"));
+            }
+            let element_end = element_end(&self.buf)?;
+            let bytes: Vec<u8> = self.buf.drain(..=element_end).collect();
+            return Some(namespaced(&String::from_utf8_lossy(&bytes)));
+        }
+    }
+}
+
+/// The index of the `>` that ends the tag starting at `lt`, outside quoted attribute values.
+fn tag_end(bytes: &[u8], lt: usize) -> Option<usize> {
+    let mut quote = None;
+    for (i, &b) in bytes.iter().enumerate().skip(lt + 1) {
+        match (quote, b) {
+            (None, b'"' | b'\'') => quote = Some(b),
+            (Some(q), _) if b == q => quote = None,
+            (None, b'>') => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The index of the last byte of the element that starts at 0, once it is complete.
+fn element_end(bytes: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let end = tag_end(bytes, i)?;
+        let closing = bytes.get(i + 1) == Some(&b'/');
+        let empty = bytes[end - 1] == b'/';
+        if closing {
+            depth = depth.saturating_sub(1);
+        } else if !empty {
+            depth += 1;
+        }
+        if depth == 0 {
+            return Some(end);
+        }
+        i = end + 1;
+    }
+    None
+}
+
+/// `<open/>` with the stream header's attributes (the header is the server's own, already
+/// escaped).
+fn open_frame(header: &str) -> String {
+    let mut open = format!("<open xmlns='{NS_FRAMING}'");
+    for name in ["from", "id", "version", "xml:lang"] {
+        if let Some(value) = raw_attr(header, name) {
+            open.push_str(&format!(" {name}='{value}'"));
+        }
+    }
+    open.push_str("/>");
+    open
+}
+
+/// The raw (still escaped) value of an attribute in a start tag.
+fn raw_attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start_tag = &tag[..tag.find('>').unwrap_or(tag.len())];
+    let at = start_tag.find(&format!(" {name}="))? + name.len() + 2;
+    let quote = start_tag[at..].chars().next()?;
+    let rest = &start_tag[at + 1..];
+    rest.find(quote).map(|end| &rest[..end])
+}
+
+/// A top-level element made standalone: `stream:` elements declare their prefix, others without
+/// a namespace of their own get the stream's default (`jabber:client`).
+fn namespaced(element: &str) -> String {
+    let name_end = element
+        .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+        .unwrap_or(element.len());
+    let start_tag_end = tag_end(element.as_bytes(), 0).unwrap_or(element.len());
+    let start_tag = &element[..start_tag_end];
+    let declaration = if element.starts_with("<stream:") {
+        if start_tag.contains("xmlns:stream=") {
+            return element.to_string();
+        }
+        format!(" xmlns:stream='{NS_STREAM}'")
+    } else {
+        if start_tag.contains(" xmlns=") {
+            return element.to_string();
+        }
+        " xmlns='jabber:client'".to_string()
+    };
+    format!(
+        "{}{declaration}{}",
+        &element[..name_end],
+        &element[name_end..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_bytes_become_frames() {
+        let mut s = Splitter::default();
+        s.push(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='abc' version='1.0' xml:lang='en'>");
+        s.push(b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features><message to='a@b' id='x>y'><body>1 > 0</body></message><presence/><mess");
+        assert_eq!(
+            s.next_frame().unwrap(),
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' from='localhost' id='abc' version='1.0' xml:lang='en'/>"
+        );
+        assert_eq!(
+            s.next_frame().unwrap(),
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+        );
+        assert_eq!(
+            s.next_frame().unwrap(),
+            "<message xmlns='jabber:client' to='a@b' id='x>y'><body>1 > 0</body></message>"
+        );
+        assert_eq!(s.next_frame().unwrap(), "<presence xmlns='jabber:client'/>");
+        assert_eq!(s.next_frame(), None, "an incomplete element waits");
+        s.push(b"age/></stream:stream>");
+        assert_eq!(s.next_frame().unwrap(), "<message xmlns='jabber:client'/>");
+        assert_eq!(
+            s.next_frame().unwrap(),
+            "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
+        );
+    }
+
+    #[test]
+    fn inbound_frames_become_stream_bytes() {
+        let open = inbound_frame(
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>",
+            false,
+        )
+        .unwrap();
+        let open = String::from_utf8(open).unwrap();
+        assert!(open.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:client'"));
+        assert!(open.contains(" to='localhost'") && open.ends_with('>'));
+        assert_eq!(
+            inbound_frame("<message xmlns='jabber:client'/>", false),
+            Err(Refusal::NoOpen)
+        );
+        assert_eq!(
+            inbound_frame("<message xmlns='jabber:client'>", true),
+            Err(Refusal::NotOneElement)
+        );
+        assert_eq!(
+            inbound_frame("<a xmlns='x'/><b xmlns='x'/>", true),
+            Err(Refusal::NotOneElement)
+        );
+        assert_eq!(
+            inbound_frame("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>", true).unwrap(),
+            b"</stream:stream>"
+        );
+    }
+}
