@@ -262,6 +262,9 @@ pub struct HttpConfig {
     /// The base URL clients are given (upload and download links), when the server is reached
     /// through another name or port (a reverse proxy, a CDN). Empty: `https://<domain>:<port>`.
     pub public_url: String,
+    /// Web page origins allowed to open XMPP WebSockets (`https://chat.example.org`); empty: any
+    /// origin (convenient for development; list your web client's origin in production).
+    pub websocket_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -269,6 +272,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "0.0.0.0:5443".into(),
             public_url: String::new(),
+            websocket_origins: Vec::new(),
         }
     }
 }

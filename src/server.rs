@@ -48,6 +48,9 @@ pub struct ServerState {
     /// File sharing (XEP-0363) at `[upload] domain`.
     pub upload: crate::modules::upload::Service,
     pub started: Instant,
+    /// The base URL of the HTTPS server as clients reach it (`[http] public_url`, or from the
+    /// domain and the bound port), once it listens.
+    pub http_base: std::sync::OnceLock<String>,
     /// Connections held, all listeners together (`[server] max_connections`).
     pub connections: Arc<Semaphore>,
     /// Becomes true when the server is shutting down.
@@ -164,6 +167,7 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
         shutdown: shutdown.clone(),
         session_ids: AtomicU64::new(1),
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        http_base: std::sync::OnceLock::new(),
         config,
     });
 
@@ -198,13 +202,19 @@ pub async fn start(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::R
             listen(addr).with_context(|| format!("cannot listen on {addr} ([http] listen)"))?;
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!("https listening on {local}");
+        let public = state.config.http.public_url.trim_end_matches('/');
+        let base = if public.is_empty() {
+            format!("https://{}:{}", state.domain, local.port())
+        } else {
+            public.to_string()
+        };
+        let _ = state.http_base.set(base.clone());
+        tracing::info!(
+            "XMPP over WebSocket at {}{}",
+            base.replacen("https://", "wss://", 1),
+            crate::transport::websocket::PATH
+        );
         if state.config.upload.enabled {
-            let public = state.config.http.public_url.trim_end_matches('/');
-            let base = if public.is_empty() {
-                format!("https://{}:{}", state.domain, local.port())
-            } else {
-                public.to_string()
-            };
             tracing::info!(service = %state.upload.domain, "file upload at {base}");
             state.upload.enable(base);
         }

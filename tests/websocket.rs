@@ -29,9 +29,23 @@ async fn tls(server: &TestServer) -> tokio_rustls::client::TlsStream<tokio::net:
 
 /// Opens a WebSocket to the XMPP path, offering `protocol` (none when empty).
 async fn connect(server: &TestServer, protocol: &str) -> Result<Socket, String> {
+    connect_from(server, protocol, None).await
+}
+
+/// The same, from a page of `origin`.
+async fn connect_from(
+    server: &TestServer,
+    protocol: &str,
+    origin: Option<&str>,
+) -> Result<Socket, String> {
     let mut request = "wss://localhost/xmpp-websocket"
         .into_client_request()
         .unwrap();
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
     if !protocol.is_empty() {
         request
             .headers_mut()
@@ -260,4 +274,48 @@ async fn expect_close(ws: &mut Socket, code: u16) {
             other => panic!("expected a close with {code}, got {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn clients_find_the_websocket_and_only_allowed_pages_open_it() {
+    let server = TestServer::start_with(Options {
+        http: "websocket_origins = [\"https://chat.example\"]".into(),
+        ..Options::default()
+    });
+    server.add_user("alice", PASSWORD);
+    let addr = server.http.unwrap();
+    let url = format!("wss://localhost:{}/xmpp-websocket", addr.port());
+
+    // XEP-0156: both host-meta forms name the WebSocket URL.
+    let xrd = common::http::request(addr, "GET", "/.well-known/host-meta", &[], Vec::new()).await;
+    assert_eq!(xrd.status, 200);
+    assert_eq!(xrd.header("content-type"), Some("application/xrd+xml"));
+    assert_eq!(xrd.header("access-control-allow-origin"), Some("*"));
+    assert!(
+        xrd.text().contains(&format!(
+            "<Link rel='urn:xmpp:alt-connections:websocket' href='{url}'/>"
+        )),
+        "{}",
+        xrd.text()
+    );
+    let jrd =
+        common::http::request(addr, "GET", "/.well-known/host-meta.json", &[], Vec::new()).await;
+    assert_eq!(jrd.status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&jrd.body).expect("JSON");
+    assert_eq!(
+        json["links"][0]["rel"],
+        "urn:xmpp:alt-connections:websocket"
+    );
+    assert_eq!(json["links"][0]["href"], url.as_str());
+
+    // Another page's origin is refused; the listed one gets in.
+    let refused = connect_from(&server, "xmpp", Some("https://evil.example"))
+        .await
+        .expect_err("refused");
+    assert!(refused.contains("403"), "{refused}");
+    let mut ws = connect_from(&server, "xmpp", Some("https://chat.example"))
+        .await
+        .expect("the listed origin");
+    let features = open(&mut ws).await;
+    assert!(features.contains("PLAIN"), "{features}");
 }

@@ -162,6 +162,7 @@ pub const MODULES: &[&Module] = &[
     &upload::MODULE,
     &caps::MODULE,
     &pep::MODULE,
+    &crate::transport::websocket::MODULE,
 ];
 
 /// The server's disco#info features, from the module declarations, sorted and without repeats.

@@ -13,7 +13,28 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use minidom::Element;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
+use crate::modules::{Module, Spec, Support};
 use crate::server::ServerState;
+
+pub const MODULE: Module = Module {
+    name: "websocket",
+    disco_features: &[],
+    account_features: &[],
+    stream_features: &[],
+    specs: &[
+        Spec::rfc(
+            7395,
+            Support::Partial,
+            "at /xmpp-websocket on the HTTPS server: xmpp subprotocol, <open/>/<close/> framing, one element per text frame, the same negotiation and session as TCP; allowed origins; no see-other-uri",
+        ),
+        Spec::xep(
+            156,
+            "1.4.0",
+            Support::Partial,
+            "host-meta and host-meta.json name the WebSocket URL; no BOSH, no DNS TXT records",
+        ),
+    ],
+};
 
 pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
@@ -24,7 +45,50 @@ const PIPE: usize = 64 * 1024;
 
 /// The route: a WebSocket upgrade with the `xmpp` subprotocol, anything else refused.
 pub fn routes() -> axum::Router<Arc<ServerState>> {
-    axum::Router::new().route(PATH, axum::routing::get(upgrade))
+    axum::Router::new()
+        .route(PATH, axum::routing::get(upgrade))
+        .route("/.well-known/host-meta", axum::routing::get(host_meta))
+        .route(
+            "/.well-known/host-meta.json",
+            axum::routing::get(host_meta_json),
+        )
+}
+
+/// The WebSocket URL clients should use.
+fn websocket_url(state: &ServerState) -> String {
+    let base = state.http_base.get().cloned().unwrap_or_default();
+    format!("{}{PATH}", base.replacen("https://", "wss://", 1))
+}
+
+/// XEP-0156 §3: the connection methods, as XRD.
+async fn host_meta(State(state): State<Arc<ServerState>>) -> Response {
+    let body = format!(
+        "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n  <Link rel='urn:xmpp:alt-connections:websocket' href='{}'/>\n</XRD>\n",
+        websocket_url(&state)
+    );
+    (
+        [
+            ("content-type", "application/xrd+xml"),
+            ("access-control-allow-origin", "*"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// XEP-0156 §3: the connection methods, as JSON (JRD).
+async fn host_meta_json(State(state): State<Arc<ServerState>>) -> Response {
+    let body = serde_json::json!({
+        "links": [{ "rel": "urn:xmpp:alt-connections:websocket", "href": websocket_url(&state) }]
+    });
+    (
+        [
+            ("content-type", "application/json"),
+            ("access-control-allow-origin", "*"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn upgrade(
@@ -54,6 +118,18 @@ async fn upgrade(
             "the WebSocket subprotocol 'xmpp' is required (RFC 7395 §3.1)\n",
         )
             .into_response();
+    }
+    // A browser names the page that opens the socket; only listed pages may (when listed).
+    let allowed = &state.config.http.websocket_origins;
+    if !allowed.is_empty() {
+        let origin = headers.get("origin").and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| allowed.iter().any(|a| a.trim_end_matches('/') == o)) {
+            return (
+                StatusCode::FORBIDDEN,
+                "this page's origin may not open XMPP WebSockets here ([http] websocket_origins)\n",
+            )
+                .into_response();
+        }
     }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();

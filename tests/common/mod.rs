@@ -60,6 +60,8 @@ pub struct Options {
     pub session_queue: usize,
     /// Extra TOML appended verbatim (for tables not covered above).
     pub extra: String,
+    /// Extra lines for the `[http]` table (which the harness writes itself).
+    pub http: String,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             resume_timeout: 60,
             session_queue: 512,
             extra: String::new(),
+            http: String::new(),
         }
     }
 }
@@ -118,6 +121,7 @@ resume_timeout = {resume_timeout}
 session_queue = {session_queue}
 [http]
 listen = "127.0.0.1:0"
+{http}
 [tls]
 cert = "{cert}"
 key = "{key}"
@@ -144,6 +148,7 @@ failure_delay_ms = {delay}
             scram_iterations = options.scram_iterations,
             session_queue = options.session_queue,
             extra = options.extra,
+            http = options.http,
         );
         std::fs::write(&config, text).expect("write config");
         Self::spawn(dir, config)
