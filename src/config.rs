@@ -265,6 +265,8 @@ pub struct HttpConfig {
     /// Web page origins allowed to open XMPP WebSockets (`https://chat.example.org`); empty: any
     /// origin (convenient for development; list your web client's origin in production).
     pub websocket_origins: Vec<String>,
+    /// Seconds between WebSocket pings to each client; one silent for three of them is closed.
+    pub websocket_ping: u64,
 }
 
 impl Default for HttpConfig {
@@ -273,6 +275,7 @@ impl Default for HttpConfig {
             listen: "0.0.0.0:5443".into(),
             public_url: String::new(),
             websocket_origins: Vec::new(),
+            websocket_ping: 30,
         }
     }
 }
@@ -414,6 +417,9 @@ impl Config {
         }
         parse_age(&self.archive.expire_after).map_err(|m| ("[archive] expire_after", m))?;
         parse_listen(&self.http.listen).map_err(|m| ("[http] listen", m))?;
+        if self.http.websocket_ping == 0 {
+            return Err(("[http] websocket_ping", "must be at least 1 second".into()));
+        }
         let public = self.http.public_url.trim_end_matches('/');
         // XEP-0363 §4: the URLs handed out must be HTTPS (a TLS-terminating proxy is fine).
         if !(public.is_empty() || public.starts_with("https://")) {

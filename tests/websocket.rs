@@ -319,3 +319,133 @@ async fn clients_find_the_websocket_and_only_allowed_pages_open_it() {
     let features = open(&mut ws).await;
     assert!(features.contains("PLAIN"), "{features}");
 }
+
+#[tokio::test]
+async fn a_user_on_tcp_and_websocket_sees_one_account_and_resumes_across_transports() {
+    let server = server_with_users(&["alice", "bob"], PASSWORD);
+    let mut bob = Client::bound_with(&server, "bob", PASSWORD, "desktop").await;
+    bob.online_with("", None).await;
+
+    // Alice on her phone (TCP) and in a browser tab (WebSocket), both with carbons.
+    let mut phone = Client::bound_with(&server, "alice", PASSWORD, "phone").await;
+    phone.online_with("", None).await;
+    assert_result(
+        &phone
+            .iq("set", None, "<enable xmlns='urn:xmpp:carbons:2'/>")
+            .await,
+    );
+    let mut tab = logged_in(&server, "alice", "tab").await;
+    send(
+        &mut tab,
+        "<iq xmlns='jabber:client' type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>",
+    )
+    .await;
+    until(&mut tab, "id='c'").await;
+    send(&mut tab, "<presence xmlns='jabber:client'/>").await;
+    // The phone sees the tab come online (an account's resources share presence).
+    phone
+        .wait("the tab's presence", |el| {
+            available(el, "alice@localhost/tab")
+        })
+        .await;
+
+    // What the tab sends reaches Bob, and the phone as a sent carbon; what Bob sends to the
+    // phone reaches the tab as a received carbon.
+    send(
+        &mut tab,
+        "<message xmlns='jabber:client' to='bob@localhost' type='chat' id='t1'><body>from the tab</body></message>",
+    )
+    .await;
+    bob.wait_body("from the tab").await;
+    phone
+        .wait("the sent carbon", |el| {
+            el.get_child("sent", "urn:xmpp:carbons:2").is_some()
+                && show(el).contains("from the tab")
+        })
+        .await;
+    bob.send("<message to='alice@localhost/phone' type='chat' id='b1'><body>to the phone</body></message>")
+        .await;
+    phone.wait_body("to the phone").await;
+    let carbon = until(&mut tab, "to the phone").await;
+    assert!(
+        carbon.contains("<received xmlns='urn:xmpp:carbons:2'"),
+        "{carbon}"
+    );
+
+    // Stream management on the WebSocket, then the socket is lost: the session is resumed over
+    // TCP, and what came meanwhile is delivered there.
+    send(&mut tab, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    let enabled = until(&mut tab, "<enabled").await;
+    let id = enabled
+        .split("id='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("a resumption id")
+        .to_string();
+    drop(tab);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bob.send("<message to='alice@localhost/tab' type='chat' id='b2'><body>while you were away</body></message>")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = Raw::connect(server.c2s).await;
+    c.starttls().await;
+    c.authenticate("PLAIN", "alice", PASSWORD).await.unwrap();
+    c.open().await;
+    c.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    let answer = c.expect_one_of(&["</failed>", "<resumed"]).await;
+    assert!(answer.contains("<resumed"), "{answer}");
+    c.expect("while you were away").await;
+}
+
+#[tokio::test]
+async fn the_server_pings_and_drops_a_client_that_stopped_answering() {
+    let server = TestServer::start_with(Options {
+        http: "websocket_ping = 1".into(),
+        ..Options::default()
+    });
+    server.add_user("alice", PASSWORD);
+    // A client that reads answers the pings (the library sends the pongs) and stays.
+    let mut ws = connect(&server, "xmpp").await.unwrap();
+    open(&mut ws).await;
+    let mut pings = 0;
+    let until_time = tokio::time::Instant::now() + Duration::from_millis(4500);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until_time, ws.next()).await {
+        match message {
+            Message::Ping(_) => pings += 1,
+            Message::Close(frame) => panic!("closed while answering pings: {frame:?}"),
+            _ => {}
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 4.5 s");
+    send(
+        &mut ws,
+        "<iq xmlns='jabber:client' type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .await;
+    // (Not yet authenticated: the answer is a stream error, but the socket was alive.)
+    let alive = next_text(&mut ws).await;
+    assert!(
+        alive.contains("stream:error") || alive.contains("id='p'"),
+        "{alive}"
+    );
+
+    // A client that answers nothing is closed after three silent intervals.
+    let mut silent = connect(&server, "xmpp").await.unwrap();
+    open(&mut silent).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    loop {
+        match tokio::time::timeout(WAIT, silent.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+                break;
+            }
+            Ok(Some(Ok(Message::Ping(_) | Message::Text(_)))) => continue,
+            // The server closed the socket: the library's queued pongs found it gone.
+            Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Io(_)))) | Ok(None) => break,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}

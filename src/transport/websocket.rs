@@ -135,6 +135,7 @@ async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     };
     let max = state.config.c2s.max_stanza_size;
+    let ping = std::time::Duration::from_secs(state.config.http.websocket_ping);
     ws.protocols(["xmpp"])
         .max_message_size(max)
         .max_frame_size(max)
@@ -144,17 +145,25 @@ async fn upgrade(
             tokio::spawn(crate::stream::serve_transport(
                 state, transport, peer, permit,
             ));
-            bridge(socket, bridge_side).await;
+            bridge(socket, bridge_side, ping).await;
         })
 }
 
-/// Runs the bridge until either side ends.
-async fn bridge(socket: WebSocket, pipe: DuplexStream) {
+/// Runs the bridge until either side ends. Every `ping` the client is pinged; one that has sent
+/// nothing (not even a pong) for three of them is gone, and its socket is closed.
+async fn bridge(socket: WebSocket, pipe: DuplexStream, ping: std::time::Duration) {
     let (mut to_client, mut from_client) = socket.split();
     let (mut from_server, mut to_server) = tokio::io::split(pipe);
+    let started = tokio::time::Instant::now();
+    // Milliseconds after `started` when the client was last heard.
+    let heard = std::sync::atomic::AtomicU64::new(0);
     let inbound = async {
         let mut opened = false;
         while let Some(message) = from_client.next().await {
+            heard.store(
+                started.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let text = match message {
                 Ok(Message::Text(text)) => text,
                 Ok(Message::Close(_)) | Err(_) => break,
@@ -178,8 +187,28 @@ async fn bridge(socket: WebSocket, pipe: DuplexStream) {
     let mut outbound = Box::pin(async {
         let mut splitter = Splitter::default();
         let mut buf = vec![0u8; 16 * 1024];
+        let mut pings = tokio::time::interval_at(started + ping, ping);
         loop {
-            let n = match from_server.read(&mut buf).await {
+            let read = tokio::select! {
+                read = from_server.read(&mut buf) => read,
+                _ = pings.tick() => {
+                    let silent = (started.elapsed().as_millis() as u64)
+                        .saturating_sub(heard.load(std::sync::atomic::Ordering::Relaxed));
+                    if silent > 3 * ping.as_millis() as u64 {
+                        tracing::debug!("a WebSocket client stopped answering pings");
+                        let _ = to_client.send(Message::Close(Some(CloseFrame {
+                            code: 1001,
+                            reason: "no answer to pings".into(),
+                        }))).await;
+                        return;
+                    }
+                    if to_client.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let n = match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
