@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::muc::PASSWORD;
 use common::stanzas::*;
-use common::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
