@@ -194,7 +194,7 @@ async fn a_browser_session_chats_with_a_tcp_client() {
     assert!(pong.contains("type='result'"), "{pong}");
     send(&mut ws, &format!("<close xmlns='{FRAMING}'/>")).await;
     let closing = until(&mut ws, "<close").await;
-    assert_eq!(closing, format!("<close xmlns='{FRAMING}'/>"));
+    assert_eq!(closing, format!("<close xmlns=\"{FRAMING}\" />"));
     let end = tokio::time::timeout(WAIT, ws.next())
         .await
         .expect("the close in time");

@@ -133,7 +133,7 @@ pub async fn serve_transport(
     state: Arc<ServerState>,
     transport: Transport,
     peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let _permit = permit;
     let deadline = Instant::now() + Duration::from_secs(state.config.c2s.auth_timeout);

@@ -122,8 +122,13 @@ async fn upgrade(
     // A browser names the page that opens the socket; only listed pages may (when listed).
     let allowed = &state.config.http.websocket_origins;
     if !allowed.is_empty() {
+        // No Origin: not a browser page (which the list is about), so nothing to check.
         let origin = headers.get("origin").and_then(|v| v.to_str().ok());
-        if !origin.is_some_and(|o| allowed.iter().any(|a| a.trim_end_matches('/') == o)) {
+        if origin.is_some_and(|o| {
+            !allowed
+                .iter()
+                .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
+        }) {
             return (
                 StatusCode::FORBIDDEN,
                 "this page's origin may not open XMPP WebSockets here ([http] websocket_origins)\n",
@@ -139,19 +144,38 @@ async fn upgrade(
     ws.protocols(["xmpp"])
         .max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(4096)
         .on_upgrade(move |socket| async move {
             let (server_side, bridge_side) = tokio::io::duplex(PIPE);
             let transport = super::Transport::Bridged(server_side);
+            // The place under the connection limit is held until both the session and the
+            // socket are gone.
+            let permit = Arc::new(permit);
             tokio::spawn(crate::stream::serve_transport(
-                state, transport, peer, permit,
+                state,
+                transport,
+                peer,
+                permit.clone(),
             ));
             bridge(socket, bridge_side, ping).await;
+            drop(permit);
         })
+}
+
+/// How long one frame may take to reach a client that stopped reading before it is dropped.
+const SEND_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the bridge waits for the other side's part of a closing handshake.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What RFC 7395 §3.6 calls the close frame, in the exact form Strophe.js recognises.
+fn close_frame() -> String {
+    format!("<close xmlns=\"{NS_FRAMING}\" />")
 }
 
 /// Runs the bridge until either side ends. Every `ping` the client is pinged; one that has sent
 /// nothing (not even a pong) for three of them is gone, and its socket is closed.
 async fn bridge(socket: WebSocket, pipe: DuplexStream, ping: std::time::Duration) {
+    use std::sync::atomic::Ordering::Relaxed;
     let (mut to_client, mut from_client) = socket.split();
     let (mut from_server, mut to_server) = tokio::io::split(pipe);
     let started = tokio::time::Instant::now();
@@ -159,18 +183,23 @@ async fn bridge(socket: WebSocket, pipe: DuplexStream, ping: std::time::Duration
     let heard = std::sync::atomic::AtomicU64::new(0);
     let inbound = async {
         let mut opened = false;
+        let mut refusal = None;
         while let Some(message) = from_client.next().await {
-            heard.store(
-                started.elapsed().as_millis() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            heard.store(started.elapsed().as_millis() as u64, Relaxed);
             let text = match message {
                 Ok(Message::Text(text)) => text,
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
                 // RFC 7395 §3.2: XMPP goes in text frames only.
-                Ok(Message::Binary(_)) => return Some(Refusal::Binary),
+                Ok(Message::Binary(_)) => {
+                    refusal = Some(Refusal::Binary);
+                    break;
+                }
             };
+            // Whitespace keepalives carry nothing.
+            if text.trim().is_empty() {
+                continue;
+            }
             match inbound_frame(text.as_str(), opened) {
                 Ok(bytes) => {
                     opened = true;
@@ -178,11 +207,18 @@ async fn bridge(socket: WebSocket, pipe: DuplexStream, ping: std::time::Duration
                         break;
                     }
                 }
-                Err(refusal) => return Some(refusal),
+                Err(refused) => {
+                    refusal = Some(refused);
+                    break;
+                }
             }
         }
+        if refusal.is_some() && opened {
+            // The session ends as closed, not lost: nothing stays resumable after bad input.
+            let _ = to_server.write_all(b"</stream:stream>").await;
+        }
         let _ = to_server.shutdown().await;
-        None
+        refusal
     };
     let mut outbound = Box::pin(async {
         let mut splitter = Splitter::default();
@@ -193,50 +229,63 @@ async fn bridge(socket: WebSocket, pipe: DuplexStream, ping: std::time::Duration
                 read = from_server.read(&mut buf) => read,
                 _ = pings.tick() => {
                     let silent = (started.elapsed().as_millis() as u64)
-                        .saturating_sub(heard.load(std::sync::atomic::Ordering::Relaxed));
-                    if silent > 3 * ping.as_millis() as u64 {
+                        .saturating_sub(heard.load(Relaxed));
+                    let message = if silent > 3 * ping.as_millis() as u64 {
                         tracing::debug!("a WebSocket client stopped answering pings");
-                        let _ = to_client.send(Message::Close(Some(CloseFrame {
-                            code: 1001,
-                            reason: "no answer to pings".into(),
-                        }))).await;
-                        return;
+                        Message::Close(Some(CloseFrame { code: 1001, reason: "no answer to pings".into() }))
+                    } else {
+                        Message::Ping(Vec::new().into())
+                    };
+                    let closing = matches!(message, Message::Close(_));
+                    match tokio::time::timeout(SEND_WAIT, to_client.send(message)).await {
+                        Ok(Ok(())) if !closing => continue,
+                        _ => return,
                     }
-                    if to_client.send(Message::Ping(Vec::new().into())).await.is_err() {
-                        return;
-                    }
-                    continue;
                 }
             };
             let n = match read {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    // The session ended without closing the stream: close the socket anyway.
+                    let close = Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "".into(),
+                    }));
+                    let _ = tokio::time::timeout(CLOSE_WAIT, to_client.send(close)).await;
+                    return;
+                }
                 Ok(n) => n,
             };
             splitter.push(&buf[..n]);
             while let Some(frame) = splitter.next_frame() {
-                let closing = frame.ends_with("/>") && frame.starts_with("<close ");
-                if to_client.send(Message::Text(frame.into())).await.is_err() {
+                let closing = frame.starts_with("<close ");
+                let sent =
+                    tokio::time::timeout(SEND_WAIT, to_client.send(Message::Text(frame.into())))
+                        .await;
+                if !matches!(sent, Ok(Ok(()))) {
                     return;
                 }
                 if closing {
-                    let _ = to_client
-                        .send(Message::Close(Some(CloseFrame {
-                            code: 1000,
-                            reason: "".into(),
-                        })))
-                        .await;
+                    let close = Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "".into(),
+                    }));
+                    let _ = tokio::time::timeout(CLOSE_WAIT, to_client.send(close)).await;
                     return;
                 }
             }
+            splitter.compact();
         }
     });
-    let refusal = tokio::select! {
-        refusal = inbound => refusal,
-        () = &mut outbound => None,
+    let (refusal, outbound_done) = tokio::select! {
+        refusal = inbound => (refusal, false),
+        () = &mut outbound => (None, true),
     };
+    if refusal.is_none() && !outbound_done {
+        // The client closed: let the server's answer (its <close/>) reach it, briefly.
+        let _ = tokio::time::timeout(CLOSE_WAIT, &mut outbound).await;
+    }
     drop(outbound);
     if let Some(refusal) = refusal {
-        // The server's side of the stream is dropped with the pipe: the session ends as lost.
         let (condition, code) = match refusal {
             Refusal::Binary => ("unsupported-stanza-type", 1003),
             Refusal::NotOneElement => ("not-well-formed", 1007),
@@ -245,18 +294,21 @@ async fn bridge(socket: WebSocket, pipe: DuplexStream, ping: std::time::Duration
         let error = format!(
             "<stream:error xmlns:stream='{NS_STREAM}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
         );
-        let _ = to_client.send(Message::Text(error.into())).await;
-        let _ = to_client
-            .send(Message::Text(
-                format!("<close xmlns='{NS_FRAMING}'/>").into(),
-            ))
-            .await;
-        let _ = to_client
-            .send(Message::Close(Some(CloseFrame {
+        for message in [
+            Message::Text(error.into()),
+            Message::Text(close_frame().into()),
+            Message::Close(Some(CloseFrame {
                 code,
                 reason: condition.into(),
-            })))
-            .await;
+            })),
+        ] {
+            if !matches!(
+                tokio::time::timeout(SEND_WAIT, to_client.send(message)).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
     }
 }
 
@@ -314,6 +366,8 @@ fn escape(value: &str) -> String {
 #[derive(Default)]
 struct Splitter {
     buf: Vec<u8>,
+    /// Where the bytes not yet handed out begin.
+    start: usize,
 }
 
 impl Splitter {
@@ -321,31 +375,37 @@ impl Splitter {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Drops what was handed out as frames (once per read, not once per frame).
+    fn compact(&mut self) {
+        self.buf.drain(..self.start);
+        self.start = 0;
+    }
+
     fn next_frame(&mut self) -> Option<String> {
         loop {
-            let start = self.buf.iter().position(|&b| b == b'<')?;
-            if start > 0 {
-                // Whitespace between elements.
-                self.buf.drain(..start);
-            }
-            let end = tag_end(&self.buf, 0)?;
-            let tag = &self.buf[..=end];
+            let rest = &self.buf[self.start..];
+            // Whitespace between elements is skipped.
+            let lt = rest.iter().position(|&b| b == b'<')?;
+            let rest = &rest[lt..];
+            let end = tag_end(rest, 0)?;
+            let tag = &rest[..=end];
             if tag.starts_with(b"<?") {
-                self.buf.drain(..=end);
+                self.start += lt + end + 1;
                 continue;
             }
             if tag.starts_with(b"<stream:stream") {
-                let text = String::from_utf8_lossy(tag).into_owned();
-                self.buf.drain(..=end);
-                return Some(open_frame(&text));
+                let frame = open_frame(&String::from_utf8_lossy(tag));
+                self.start += lt + end + 1;
+                return Some(frame);
             }
             if tag.starts_with(b"</stream:stream") {
-                self.buf.drain(..=end);
-                return Some(format!("<close xmlns='{NS_FRAMING}'/>"));
+                self.start += lt + end + 1;
+                return Some(close_frame());
             }
-            let element_end = element_end(&self.buf)?;
-            let bytes: Vec<u8> = self.buf.drain(..=element_end).collect();
-            return Some(namespaced(&String::from_utf8_lossy(&bytes)));
+            let element_end = element_end(rest)?;
+            let frame = namespaced(&String::from_utf8_lossy(&rest[..=element_end]));
+            self.start += lt + element_end + 1;
+            return Some(frame);
         }
     }
 }
@@ -406,7 +466,11 @@ fn open_frame(header: &str) -> String {
 fn raw_attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
     let start_tag = &tag[..tag.find('>').unwrap_or(tag.len())];
     let at = start_tag.find(&format!(" {name}="))? + name.len() + 2;
-    let quote = start_tag[at..].chars().next()?;
+    let quote = match start_tag.as_bytes().get(at)? {
+        b'\'' => '\'',
+        b'"' => '"',
+        _ => return None,
+    };
     let rest = &start_tag[at + 1..];
     rest.find(quote).map(|end| &rest[..end])
 }
@@ -464,8 +528,25 @@ mod tests {
         assert_eq!(s.next_frame().unwrap(), "<message xmlns='jabber:client'/>");
         assert_eq!(
             s.next_frame().unwrap(),
-            "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
+            "<close xmlns=\"urn:ietf:params:xml:ns:xmpp-framing\" />"
         );
+        s.compact();
+        assert!(s.buf.is_empty());
+    }
+
+    #[test]
+    fn attribute_lookups_survive_hostile_text() {
+        // " xml:lang=" inside another value, followed by a multi-byte character: no panic.
+        assert_eq!(raw_attr("<open to=' xml:lang=é'/>", "xml:lang"), None);
+        assert_eq!(
+            raw_attr("<open xml:lang=\"de\" to='x'/>", "xml:lang"),
+            Some("de")
+        );
+        assert!(inbound_frame(
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to=' xml:lang=é'/>",
+            false
+        )
+        .is_ok());
     }
 
     #[test]
