@@ -449,3 +449,33 @@ async fn the_server_pings_and_drops_a_client_that_stopped_answering() {
         }
     }
 }
+
+#[tokio::test]
+async fn bad_input_ends_the_session_for_good() {
+    let server = server_with_users(&["alice"], PASSWORD);
+    let mut tab = logged_in(&server, "alice", "tab").await;
+    send(&mut tab, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    let enabled = until(&mut tab, "<enabled").await;
+    let id = enabled
+        .split("id='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("a resumption id")
+        .to_string();
+    tab.send(Message::Binary(vec![0u8; 4].into()))
+        .await
+        .unwrap();
+    expect_close(&mut tab, 1003).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not lost but closed: there is nothing to resume.
+    let mut c = Raw::connect(server.c2s).await;
+    c.starttls().await;
+    c.authenticate("PLAIN", "alice", PASSWORD).await.unwrap();
+    c.open().await;
+    c.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    let answer = c.expect_one_of(&["</failed>", "<failed", "<resumed"]).await;
+    assert!(!answer.contains("<resumed"), "{answer}");
+}
