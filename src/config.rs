@@ -507,9 +507,14 @@ impl Config {
 
     /// The group chat service's domain (`[muc] domain`, or `conference.<domain>`).
     pub fn muc_domain(&self) -> String {
-        let domain = self.muc.domain.trim_end_matches('.');
+        self.service_domain(&self.muc.domain, "conference")
+    }
+
+    /// A component's domain: as configured, or `<prefix>.<server domain>` when left empty.
+    fn service_domain(&self, configured: &str, prefix: &str) -> String {
+        let domain = configured.trim_end_matches('.');
         if domain.is_empty() {
-            format!("conference.{}", self.server.domain.trim_end_matches('.'))
+            format!("{prefix}.{}", self.server.domain.trim_end_matches('.'))
         } else {
             domain.to_ascii_lowercase()
         }
@@ -517,12 +522,7 @@ impl Config {
 
     /// The upload service's domain (`[upload] domain`, or `upload.<domain>`).
     pub fn upload_domain(&self) -> String {
-        let domain = self.upload.domain.trim_end_matches('.');
-        if domain.is_empty() {
-            format!("upload.{}", self.server.domain.trim_end_matches('.'))
-        } else {
-            domain.to_ascii_lowercase()
-        }
+        self.service_domain(&self.upload.domain, "upload")
     }
 
     /// The HTTPS listener address, if any.

@@ -151,18 +151,8 @@ fn event_of<'a>(el: &'a Element, owner: &str, node: &str) -> Option<&'a Element>
 }
 
 fn pubsub_condition(reply: &Element) -> (String, Option<String>) {
-    assert_eq!(reply.attr("type"), Some("error"), "{}", xml(reply));
-    let error = reply.get_child("error", CLIENT).expect("<error/>");
-    let defined = error
-        .children()
-        .find(|c| c.ns() == STANZAS && c.name() != "text")
-        .map(|c| c.name().to_string())
-        .unwrap_or_default();
-    let specific = error
-        .children()
-        .find(|c| c.ns() == ERRORS)
-        .map(|c| c.name().to_string());
-    (defined, specific)
+    let (defined, specific) = error_parts(reply, ERRORS);
+    (defined, specific.map(|e| e.name().to_string()))
 }
 
 #[tokio::test]

@@ -143,19 +143,7 @@ async fn enable_is_offered_after_bind_and_only_once() {
 
 /// Connects, authenticates and asks to resume; returns the client and what the server answered.
 async fn try_resume(server: &TestServer, user: &str, previd: &str, h: u32) -> (Raw, String) {
-    let mut c = Raw::connect(server.c2s).await;
-    c.starttls().await;
-    c.authenticate("SCRAM-SHA-256", user, "pw").await.unwrap();
-    c.open().await;
-    c.send(&format!("<resume xmlns='{SM}' previd='{previd}' h='{h}'/>"))
-        .await;
-    let answer = c.expect_one_of(&["</failed>", "<resumed"]).await;
-    let answer = if answer.contains("<resumed") {
-        answer + &c.expect("/>").await
-    } else {
-        answer
-    };
-    (c, answer)
+    resume_over_tcp(server, "SCRAM-SHA-256", user, "pw", previd, h).await
 }
 
 #[tokio::test]

@@ -102,19 +102,6 @@ async fn fetch(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Rep
     request(http(server), "GET", path, headers, Vec::new()).await
 }
 
-/// The defined condition of an error reply, and its application-specific child, if any.
-fn error_parts(reply: &Element) -> (String, Option<Element>) {
-    assert_eq!(reply.attr("type"), Some("error"), "{}", xml(reply));
-    let error = reply.get_child("error", CLIENT).expect("<error/>");
-    let condition = error
-        .children()
-        .find(|c| c.ns() == STANZAS && c.name() != "text")
-        .map(|c| c.name().to_string())
-        .unwrap_or_default();
-    let extra = error.children().find(|c| c.ns() == UPLOAD).cloned();
-    (condition, extra)
-}
-
 fn files_on_disk(server: &TestServer) -> Vec<String> {
     match std::fs::read_dir(server.data_dir().join("uploads")) {
         Ok(entries) => entries
@@ -284,7 +271,7 @@ async fn slot_requests_that_cannot_be_served_are_refused_with_the_right_error() 
 
     // Too large: <not-acceptable/> with <file-too-large/> and the limit, the request repeated.
     let reply = ask(&mut alice, "big.jpg", 1001, "image/jpeg", "").await;
-    let (condition, extra) = error_parts(&reply);
+    let (condition, extra) = error_parts(&reply, UPLOAD);
     assert_eq!(condition, "not-acceptable", "{}", xml(&reply));
     let extra = extra.expect("<file-too-large/>");
     assert_eq!(extra.name(), "file-too-large");
@@ -305,7 +292,7 @@ async fn slot_requests_that_cannot_be_served_are_refused_with_the_right_error() 
     let first = ask(&mut alice, "a.bin", 1000, "", "").await;
     assert_result(&first);
     let reply = ask(&mut alice, "b.bin", 600, "", "").await;
-    let (condition, extra) = error_parts(&reply);
+    let (condition, extra) = error_parts(&reply, UPLOAD);
     assert_eq!(condition, "resource-constraint", "{}", xml(&reply));
     assert_eq!(
         reply.get_child("error", CLIENT).unwrap().attr("type"),
@@ -333,7 +320,7 @@ async fn slot_requests_that_cannot_be_served_are_refused_with_the_right_error() 
         (format!("<request xmlns='{UPLOAD}' filename='x.txt' size='10'><ephemeral xmlns='urn:xmpp:http:upload:purpose:0' expire-before='soon'/></request>"), "expiry not a date"),
     ] {
         let reply = bob.iq("get", Some(SERVICE), &payload).await;
-        let (condition, _) = error_parts(&reply);
+        let (condition, _) = error_parts(&reply, UPLOAD);
         assert_eq!(condition, "bad-request", "{what}: {}", xml(&reply));
     }
     let reply = bob
@@ -344,14 +331,14 @@ async fn slot_requests_that_cannot_be_served_are_refused_with_the_right_error() 
         )
         .await;
     assert_eq!(
-        error_parts(&reply).0,
+        error_parts(&reply, UPLOAD).0,
         "bad-request",
         "a set is the wrong type"
     );
     let reply = bob
         .iq("get", Some(SERVICE), "<query xmlns='jabber:iq:version'/>")
         .await;
-    assert_eq!(error_parts(&reply).0, "service-unavailable");
+    assert_eq!(error_parts(&reply, UPLOAD).0, "service-unavailable");
     let reply = bob
         .iq(
             "get",
@@ -359,7 +346,7 @@ async fn slot_requests_that_cannot_be_served_are_refused_with_the_right_error() 
             &format!("<request xmlns='{UPLOAD}' filename='x' size='1'/>"),
         )
         .await;
-    assert_eq!(error_parts(&reply).0, "item-not-found");
+    assert_eq!(error_parts(&reply, UPLOAD).0, "item-not-found");
     // The name that was sent is cleaned: no directories, the ending kept.
     let slot = slot(
         &server,
@@ -520,9 +507,7 @@ async fn start_put(
     sent: usize,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tls_connector().connect(name, tcp).await.unwrap();
+    let mut tls = common::http::connect(addr).await;
     let head = format!(
         "PUT {} HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\ncontent-length: {size}\r\n\r\n",
         slot.put, slot.authorization

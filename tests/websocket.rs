@@ -19,14 +19,6 @@ const FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-async fn tls(server: &TestServer) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tcp = tokio::net::TcpStream::connect(server.http.expect("HTTPS listener"))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tls_connector().connect(name, tcp).await.unwrap()
-}
-
 /// Opens a WebSocket to the XMPP path, offering `protocol` (none when empty).
 async fn connect(server: &TestServer, protocol: &str) -> Result<Socket, String> {
     connect_from(server, protocol, None).await
@@ -51,7 +43,12 @@ async fn connect_from(
             .headers_mut()
             .insert("sec-websocket-protocol", protocol.parse().unwrap());
     }
-    match tokio_tungstenite::client_async(request, tls(server).await).await {
+    match tokio_tungstenite::client_async(
+        request,
+        common::http::connect(server.http.expect("HTTPS listener")).await,
+    )
+    .await
+    {
         Ok((socket, response)) => {
             assert_eq!(
                 response
@@ -90,6 +87,18 @@ async fn until(ws: &mut Socket, needle: &str) -> String {
             return text;
         }
     }
+}
+
+/// Enables XEP-0198 with resumption on the WebSocket stream; returns the resumption id.
+async fn enable_resumption(ws: &mut Socket) -> String {
+    send(ws, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    let enabled = until(ws, "<enabled").await;
+    enabled
+        .split("id='")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .expect("a resumption id")
+        .to_string()
 }
 
 async fn send(ws: &mut Socket, text: &str) {
@@ -374,28 +383,13 @@ async fn a_user_on_tcp_and_websocket_sees_one_account_and_resumes_across_transpo
 
     // Stream management on the WebSocket, then the socket is lost: the session is resumed over
     // TCP, and what came meanwhile is delivered there.
-    send(&mut tab, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
-    let enabled = until(&mut tab, "<enabled").await;
-    let id = enabled
-        .split("id='")
-        .nth(1)
-        .and_then(|rest| rest.split('\'').next())
-        .expect("a resumption id")
-        .to_string();
+    let id = enable_resumption(&mut tab).await;
     drop(tab);
     tokio::time::sleep(Duration::from_millis(300)).await;
     bob.send("<message to='alice@localhost/tab' type='chat' id='b2'><body>while you were away</body></message>")
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut c = Raw::connect(server.c2s).await;
-    c.starttls().await;
-    c.authenticate("PLAIN", "alice", PASSWORD).await.unwrap();
-    c.open().await;
-    c.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
-    let answer = c.expect_one_of(&["</failed>", "<resumed"]).await;
+    let (mut c, answer) = resume_over_tcp(&server, "PLAIN", "alice", PASSWORD, &id, 0).await;
     assert!(answer.contains("<resumed"), "{answer}");
     c.expect("while you were away").await;
 }
@@ -454,28 +448,13 @@ async fn the_server_pings_and_drops_a_client_that_stopped_answering() {
 async fn bad_input_ends_the_session_for_good() {
     let server = server_with_users(&["alice"], PASSWORD);
     let mut tab = logged_in(&server, "alice", "tab").await;
-    send(&mut tab, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
-    let enabled = until(&mut tab, "<enabled").await;
-    let id = enabled
-        .split("id='")
-        .nth(1)
-        .and_then(|rest| rest.split('\'').next())
-        .expect("a resumption id")
-        .to_string();
+    let id = enable_resumption(&mut tab).await;
     tab.send(Message::Binary(vec![0u8; 4].into()))
         .await
         .unwrap();
     expect_close(&mut tab, 1003).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Not lost but closed: there is nothing to resume.
-    let mut c = Raw::connect(server.c2s).await;
-    c.starttls().await;
-    c.authenticate("PLAIN", "alice", PASSWORD).await.unwrap();
-    c.open().await;
-    c.send(&format!(
-        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
-    ))
-    .await;
-    let answer = c.expect_one_of(&["</failed>", "<failed", "<resumed"]).await;
+    let (_, answer) = resume_over_tcp(&server, "PLAIN", "alice", PASSWORD, &id, 0).await;
     assert!(!answer.contains("<resumed"), "{answer}");
 }

@@ -239,6 +239,59 @@ fn save_names(state: &ServerState, user: &BareJid, names: &[String]) -> Result<(
     state.stores.values.set_value(user, NODES_KEY, &bytes)
 }
 
+/// Adds a node to the account's list, within `MAX_NODES` (under the account's lock).
+fn register_node(state: &ServerState, owner: &BareJid, name: &str) -> Result<(), StanzaError> {
+    let mut names = node_names(state, owner)?;
+    if names.len() >= MAX_NODES {
+        return Err(StanzaError::with_text(
+            StanzaErrorCondition::NotAllowed,
+            format!("an account has at most {MAX_NODES} nodes"),
+        ));
+    }
+    names.push(name.to_string());
+    Ok(save_names(state, owner, &names)?)
+}
+
+impl Node {
+    fn new(config: NodeConfig) -> Node {
+        Node {
+            config,
+            items: Vec::new(),
+        }
+    }
+
+    /// Keeps the newest `max_items` items.
+    fn trim(&mut self) {
+        let keep = self.config.max_items.max(1);
+        if self.items.len() > keep {
+            let excess = self.items.len() - keep;
+            self.items.drain(..excess);
+        }
+    }
+}
+
+/// An event's `<item/>`: the id, who published it, the payload.
+fn event_item(id: &str, owner: &BareJid, payload: Element) -> Element {
+    let mut item = Element::bare("item", NS_EVENT);
+    set_attr(&mut item, "id", id);
+    set_attr(&mut item, "publisher", owner.as_str());
+    item.append_child(payload);
+    item
+}
+
+/// The event telling that these items of `node` were retracted.
+fn retracts_event(node: &str, ids: &[String]) -> Element {
+    let retracts = ids
+        .iter()
+        .map(|id| {
+            let mut r = Element::bare("retract", NS_EVENT);
+            set_attr(&mut r, "id", id);
+            r
+        })
+        .collect();
+    items_event(node, retracts)
+}
+
 /// A pubsub error: a defined condition with an application-specific one from pubsub#errors.
 fn pubsub_error(condition: StanzaErrorCondition, specific: &str, text: &str) -> StanzaError {
     let mut error = StanzaError::with_text(condition, text);
@@ -540,7 +593,6 @@ async fn publish(
     let id = id.unwrap_or_else(new_item_id);
     let node = {
         let _guard = state.pep_locks.lock(owner).await;
-        let mut names = node_names(state, owner)?;
         let mut node = match load(state, owner, &name)? {
             Some(node) => {
                 if let Some(options) = options {
@@ -556,12 +608,6 @@ async fn publish(
             }
             None => {
                 // XEP-0163 §7.1: auto-create, with the publish-options as its configuration.
-                if names.len() >= MAX_NODES {
-                    return Err(StanzaError::with_text(
-                        StanzaErrorCondition::NotAllowed,
-                        format!("an account has at most {MAX_NODES} nodes"),
-                    ));
-                }
                 // XEP-0060 §7.1.5: options the service cannot meet fail the precondition.
                 let config = match options {
                     Some(options) => apply_form(&NodeConfig::default(), options).map_err(|e| {
@@ -573,12 +619,8 @@ async fn publish(
                     })?,
                     None => NodeConfig::default(),
                 };
-                names.push(name.clone());
-                save_names(state, owner, &names)?;
-                Node {
-                    config,
-                    items: Vec::new(),
-                }
+                register_node(state, owner, &name)?;
+                Node::new(config)
             }
         };
         node.items.retain(|item| item.id != id);
@@ -586,19 +628,12 @@ async fn publish(
             id: id.clone(),
             payload: String::from_utf8(xml::serialize(&payload)).unwrap_or_default(),
         });
-        let keep = node.config.max_items.max(1);
-        if node.items.len() > keep {
-            let excess = node.items.len() - keep;
-            node.items.drain(..excess);
-        }
+        node.trim();
         save(state, owner, &name, &node)?;
         node
     };
     state.stores.flush().await?;
-    let mut item = Element::bare("item", NS_EVENT);
-    set_attr(&mut item, "id", &id);
-    set_attr(&mut item, "publisher", owner.as_str());
-    item.append_child(payload);
+    let item = event_item(&id, owner, payload);
     if node.config.deliver_notifications {
         notify(
             state,
@@ -652,15 +687,7 @@ async fn retract(state: &ServerState, owner: &BareJid, retract: &Element) -> IqR
     let wants_notify =
         matches!(retract.attr("notify"), Some("1" | "true")) || config.notify_retract;
     if wants_notify && config.deliver_notifications {
-        let retracts = ids
-            .iter()
-            .map(|id| {
-                let mut r = Element::bare("retract", NS_EVENT);
-                set_attr(&mut r, "id", id);
-                r
-            })
-            .collect();
-        notify(state, owner, &name, &config, items_event(&name, retracts)).await;
+        notify(state, owner, &name, &config, retracts_event(&name, &ids)).await;
     }
     Ok(None)
 }
@@ -685,30 +712,14 @@ async fn create(
     };
     {
         let _guard = state.pep_locks.lock(owner).await;
-        let mut names = node_names(state, owner)?;
-        if names.contains(&name) {
+        if load(state, owner, &name)?.is_some() {
             return Err(StanzaError::with_text(
                 StanzaErrorCondition::Conflict,
                 "the node exists",
             ));
         }
-        if names.len() >= MAX_NODES {
-            return Err(StanzaError::with_text(
-                StanzaErrorCondition::NotAllowed,
-                format!("an account has at most {MAX_NODES} nodes"),
-            ));
-        }
-        save(
-            state,
-            owner,
-            &name,
-            &Node {
-                config,
-                items: Vec::new(),
-            },
-        )?;
-        names.push(name);
-        save_names(state, owner, &names)?;
+        register_node(state, owner, &name)?;
+        save(state, owner, &name, &Node::new(config))?;
     }
     state.stores.flush().await?;
     Ok(None)
@@ -735,11 +746,7 @@ async fn configure_set(state: &ServerState, owner: &BareJid, configure: &Element
         let _guard = state.pep_locks.lock(owner).await;
         let mut node = load(state, owner, &name)?.ok_or_else(not_found)?;
         node.config = apply_form(&node.config, form)?;
-        let keep = node.config.max_items;
-        if node.items.len() > keep {
-            let excess = node.items.len() - keep;
-            node.items.drain(..excess);
-        }
+        node.trim();
         save(state, owner, &name, &node)?;
     }
     state.stores.flush().await?;
@@ -998,10 +1005,7 @@ async fn send_last(
         let Ok(payload) = last.payload.parse::<Element>() else {
             continue;
         };
-        let mut item = Element::bare("item", NS_EVENT);
-        set_attr(&mut item, "id", &last.id);
-        set_attr(&mut item, "publisher", owner.as_str());
-        item.append_child(payload);
+        let item = event_item(&last.id, owner, payload);
         send_event(owner, session, &items_event(name, vec![item])).await;
     }
 }
@@ -1070,6 +1074,27 @@ fn bookmarks_config() -> NodeConfig {
     }
 }
 
+/// A bookmark's `<conference/>` (name, autojoin, nick, password) in the other bookmarks namespace
+/// (XEP-0048 `storage:bookmarks` and XEP-0402 use the same names; only the room's JID moves
+/// between the `jid` attribute and the item id, which callers handle).
+fn conference_in(conference: &Element, namespace: &str) -> Element {
+    let from = conference.ns();
+    let mut copy = Element::bare("conference", namespace);
+    for attr in ["name", "autojoin"] {
+        if let Some(value) = conference.attr(attr) {
+            set_attr(&mut copy, attr, value);
+        }
+    }
+    for child in ["nick", "password"] {
+        if let Some(el) = conference.get_child(child, from.as_str()) {
+            let mut text = Element::bare(child, namespace);
+            text.append_text(el.text());
+            copy.append_child(text);
+        }
+    }
+    copy
+}
+
 /// XEP-0402 §compat: the bookmarks node seen as a XEP-0048 `<storage/>` (none when the account
 /// has no bookmarks node yet, so that older private data still answers).
 pub fn legacy_bookmarks(
@@ -1084,20 +1109,8 @@ pub fn legacy_bookmarks(
         let Ok(conference) = item.payload.parse::<Element>() else {
             continue;
         };
-        let mut legacy = Element::bare("conference", NS_LEGACY_BOOKMARKS);
+        let mut legacy = conference_in(&conference, NS_LEGACY_BOOKMARKS);
         set_attr(&mut legacy, "jid", &item.id);
-        for attr in ["name", "autojoin"] {
-            if let Some(value) = conference.attr(attr) {
-                set_attr(&mut legacy, attr, value);
-            }
-        }
-        for child in ["nick", "password"] {
-            if let Some(el) = conference.get_child(child, NS_BOOKMARKS) {
-                let mut copy = Element::bare(child, NS_LEGACY_BOOKMARKS);
-                copy.append_text(el.text());
-                legacy.append_child(copy);
-            }
-        }
         storage.append_child(legacy);
     }
     Ok(Some(storage))
@@ -1119,19 +1132,7 @@ pub async fn set_legacy_bookmarks(
         let Some(jid) = conference.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
             continue;
         };
-        let mut native = Element::bare("conference", NS_BOOKMARKS);
-        for attr in ["name", "autojoin"] {
-            if let Some(value) = conference.attr(attr) {
-                set_attr(&mut native, attr, value);
-            }
-        }
-        for child in ["nick", "password"] {
-            if let Some(el) = conference.get_child(child, NS_LEGACY_BOOKMARKS) {
-                let mut copy = Element::bare(child, NS_BOOKMARKS);
-                copy.append_text(el.text());
-                native.append_child(copy);
-            }
-        }
+        let native = conference_in(conference, NS_BOOKMARKS);
         wanted.retain(|item| item.id != jid.as_str());
         wanted.push(Item {
             id: jid.to_string(),
@@ -1140,22 +1141,11 @@ pub async fn set_legacy_bookmarks(
     }
     let (config, published, retracted) = {
         let _guard = state.pep_locks.lock(owner).await;
-        let mut names = node_names(state, owner)?;
         let mut node = match load(state, owner, NS_BOOKMARKS)? {
             Some(node) => node,
-            None if names.len() >= MAX_NODES => {
-                return Err(StanzaError::with_text(
-                    StanzaErrorCondition::NotAllowed,
-                    format!("an account has at most {MAX_NODES} nodes"),
-                ))
-            }
             None => {
-                names.push(NS_BOOKMARKS.to_string());
-                save_names(state, owner, &names)?;
-                Node {
-                    config: bookmarks_config(),
-                    items: Vec::new(),
-                }
+                register_node(state, owner, NS_BOOKMARKS)?;
+                Node::new(bookmarks_config())
             }
         };
         let retracted: Vec<String> = node
@@ -1170,11 +1160,7 @@ pub async fn set_legacy_bookmarks(
             .cloned()
             .collect();
         node.items = wanted;
-        let keep = node.config.max_items.max(1);
-        if node.items.len() > keep {
-            let excess = node.items.len() - keep;
-            node.items.drain(..excess);
-        }
+        node.trim();
         save(state, owner, NS_BOOKMARKS, &node)?;
         (node.config, published, retracted)
     };
@@ -1186,10 +1172,7 @@ pub async fn set_legacy_bookmarks(
         let Ok(payload) = item.payload.parse::<Element>() else {
             continue;
         };
-        let mut el = Element::bare("item", NS_EVENT);
-        set_attr(&mut el, "id", &item.id);
-        set_attr(&mut el, "publisher", owner.as_str());
-        el.append_child(payload);
+        let el = event_item(&item.id, owner, payload);
         notify(
             state,
             owner,
@@ -1200,22 +1183,8 @@ pub async fn set_legacy_bookmarks(
         .await;
     }
     if config.notify_retract && !retracted.is_empty() {
-        let retracts = retracted
-            .iter()
-            .map(|id| {
-                let mut r = Element::bare("retract", NS_EVENT);
-                set_attr(&mut r, "id", id);
-                r
-            })
-            .collect();
-        notify(
-            state,
-            owner,
-            NS_BOOKMARKS,
-            &config,
-            items_event(NS_BOOKMARKS, retracts),
-        )
-        .await;
+        let event = retracts_event(NS_BOOKMARKS, &retracted);
+        notify(state, owner, NS_BOOKMARKS, &config, event).await;
     }
     Ok(())
 }

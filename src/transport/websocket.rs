@@ -13,8 +13,10 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use minidom::Element;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
+use crate::error::{StreamError, StreamErrorCondition};
 use crate::modules::{Module, Spec, Support};
 use crate::server::ServerState;
+use crate::xml::{self, escape, ns};
 
 pub const MODULE: Module = Module {
     name: "websocket",
@@ -37,7 +39,6 @@ pub const MODULE: Module = Module {
 };
 
 pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
-const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 /// The WebSocket path (RFC 7395 leaves it to the server; XEP-0156 tells clients).
 pub const PATH: &str = "/xmpp-websocket";
 /// Bytes buffered between the bridge and the session, each way.
@@ -215,7 +216,7 @@ async fn bridge(socket: WebSocket, pipe: DuplexStream, ping: std::time::Duration
         }
         if refusal.is_some() && opened {
             // The session ends as closed, not lost: nothing stays resumable after bad input.
-            let _ = to_server.write_all(b"</stream:stream>").await;
+            let _ = to_server.write_all(xml::STREAM_CLOSE).await;
         }
         let _ = to_server.shutdown().await;
         refusal
@@ -287,21 +288,21 @@ async fn bridge(socket: WebSocket, pipe: DuplexStream, ping: std::time::Duration
     drop(outbound);
     if let Some(refusal) = refusal {
         let (condition, code) = match refusal {
-            Refusal::Binary => ("unsupported-stanza-type", 1003),
-            Refusal::NotOneElement => ("not-well-formed", 1007),
-            Refusal::NoOpen => ("bad-format", 1002),
+            Refusal::Binary => (StreamErrorCondition::UnsupportedStanzaType, 1003),
+            Refusal::NotOneElement => (StreamErrorCondition::NotWellFormed, 1007),
+            Refusal::NoOpen => (StreamErrorCondition::BadFormat, 1002),
         };
-        let error = format!(
-            "<stream:error xmlns:stream='{NS_STREAM}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
-        );
-        for message in [
-            Message::Text(error.into()),
-            Message::Text(close_frame().into()),
-            Message::Close(Some(CloseFrame {
-                code,
-                reason: condition.into(),
-            })),
-        ] {
+        // The stream error and the stream's end, framed like everything the server sends.
+        let mut splitter = Splitter::default();
+        splitter.push(&StreamError::new(condition).to_bytes());
+        let mut messages: Vec<Message> = std::iter::from_fn(|| splitter.next_frame())
+            .map(|frame| Message::Text(frame.into()))
+            .collect();
+        messages.push(Message::Close(Some(CloseFrame {
+            code,
+            reason: condition.name().into(),
+        })));
+        for message in messages {
             if !matches!(
                 tokio::time::timeout(SEND_WAIT, to_client.send(message)).await,
                 Ok(Ok(()))
@@ -348,16 +349,9 @@ fn inbound_frame(text: &str, opened: bool) -> Result<Vec<u8>, Refusal> {
         return Err(Refusal::NoOpen);
     }
     if element.is("close", NS_FRAMING) {
-        return Ok(b"</stream:stream>".to_vec());
+        return Ok(xml::STREAM_CLOSE.to_vec());
     }
     Ok(text.as_bytes().to_vec())
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('&', "&amp;")
-        .replace('\'', "&apos;")
-        .replace('<', "&lt;")
 }
 
 /// Cuts the server's outbound byte stream into RFC 7395 frames: the stream header becomes
@@ -487,7 +481,7 @@ fn namespaced(element: &str) -> String {
         if start_tag.contains("xmlns:stream=") {
             return element.to_string();
         }
-        format!(" xmlns:stream='{NS_STREAM}'")
+        format!(" xmlns:stream='{}'", ns::STREAM)
     } else {
         if start_tag.contains(" xmlns=") {
             return element.to_string();

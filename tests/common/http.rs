@@ -23,6 +23,16 @@ impl Reply {
     }
 }
 
+/// A TLS connection to the HTTPS server at `addr` (SNI "localhost", the test certificate trusted).
+pub async fn connect(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    super::tls_connector()
+        .connect(name, tcp)
+        .await
+        .expect("TLS to the HTTPS server")
+}
+
 /// Sends one request to `addr` over TLS (SNI "localhost"); `target` is the path (and query).
 pub async fn request(
     addr: SocketAddr,
@@ -31,12 +41,7 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Reply {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = super::tls_connector()
-        .connect(name, tcp)
-        .await
-        .expect("TLS to the HTTPS server");
+    let tls = connect(addr).await;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await

@@ -312,6 +312,34 @@ fn listening(line: &str, prefix: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// Connects over STARTTLS, authenticates with `mechanism` and asks to resume the XEP-0198
+/// session `previd`; returns the client and what the server answered (`<resumed/>` or
+/// `<failed>…</failed>`).
+pub async fn resume_over_tcp(
+    server: &TestServer,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    previd: &str,
+    h: u32,
+) -> (Raw, String) {
+    let mut c = Raw::connect(server.c2s).await;
+    c.starttls().await;
+    c.authenticate(mechanism, user, password).await.unwrap();
+    c.open().await;
+    c.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='{h}'/>"
+    ))
+    .await;
+    let answer = c.expect_one_of(&["</failed>", "<resumed"]).await;
+    let answer = if answer.contains("<resumed") {
+        answer + &c.expect("/>").await
+    } else {
+        answer
+    };
+    (c, answer)
+}
+
 /// Runs the CLI with a config file; returns (success, stdout, stderr).
 pub fn run_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rookery"))

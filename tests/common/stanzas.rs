@@ -463,6 +463,17 @@ pub fn assert_result(reply: &Element) {
     );
 }
 
+/// An error reply's defined condition and its application-specific condition in `app_ns`
+/// (RFC 6120 §8.3.2), if any; panics when `reply` is not an error.
+pub fn error_parts(reply: &Element, app_ns: &str) -> (String, Option<Element>) {
+    assert_eq!(reply.attr("type"), Some("error"), "{}", show(reply));
+    let condition = super::muc::error_condition(reply).unwrap_or_default();
+    let specific = reply
+        .get_child("error", CLIENT)
+        .and_then(|error| error.children().find(|c| c.ns() == app_ns).cloned());
+    (condition, specific)
+}
+
 /// Asserts a stanza error with this defined condition.
 pub fn assert_error(reply: &Element, condition: &str) {
     let text = show(reply);
